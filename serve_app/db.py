@@ -1,0 +1,44 @@
+"""Database engine and the declarative base shared by every table of the app.
+
+SQLite (a file under the data directory) is the embedded default; clusters give a Postgres URL. Shared
+state (jobs, nonces, idempotency keys, failure counters) lives here, never in one replica's memory.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    """An async engine for ``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://...`` URLs."""
+    if is_sqlite(url):
+        # Several processes (ingress replicas, CLI) share the file: WAL lets readers run beside one
+        # writer, and the busy timeout makes a writer wait instead of failing at once.
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create every table registered on :class:`Base` (idempotent)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)

@@ -1,0 +1,57 @@
+"""Shared fixtures: database URLs for both supported backends.
+
+``db_url`` runs a test once on SQLite (a temp file) and once on the local PostgreSQL server, in a fresh
+database that is dropped afterwards. Set ORFEAS_TEST_PG_ADMIN_URL to point at another server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_DSN = os.environ.get("ORFEAS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+async def _pg_execute(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty Postgres database for one test (dropped afterwards)."""
+    name = f"orfeas_test_{uuid.uuid4().hex[:12]}"
+    await _pg_execute(f'CREATE DATABASE "{name}"')
+    host_part = PG_ADMIN_DSN.split("://", 1)[1].rsplit("/", 1)[0]
+    try:
+        yield f"postgresql+asyncpg://{host_part}/{name}"
+    finally:
+        await _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'orfeas.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'orfeas.db'}"
+    else:
+        name = f"orfeas_test_{uuid.uuid4().hex[:12]}"
+        await _pg_execute(f'CREATE DATABASE "{name}"')
+        host_part = PG_ADMIN_DSN.split("://", 1)[1].rsplit("/", 1)[0]
+        try:
+            yield f"postgresql+asyncpg://{host_part}/{name}"
+        finally:
+            await _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
