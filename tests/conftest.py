@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,9 @@ async def _pg_execute(sql: str) -> None:
         await conn.close()
 
 
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A fresh, empty Postgres database for one test (dropped afterwards)."""
+@asynccontextmanager
+async def fresh_postgres_database() -> AsyncIterator[str]:
+    """A fresh, empty Postgres database (dropped on exit); yields its SQLAlchemy URL."""
     name = f"orfeas_test_{uuid.uuid4().hex[:12]}"
     await _pg_execute(f'CREATE DATABASE "{name}"')
     host_part = PG_ADMIN_DSN.split("://", 1)[1].rsplit("/", 1)[0]
@@ -36,6 +37,12 @@ async def postgres_url() -> AsyncIterator[str]:
         yield f"postgresql+asyncpg://{host_part}/{name}"
     finally:
         await _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    async with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -48,10 +55,5 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'orfeas.db'}"
     else:
-        name = f"orfeas_test_{uuid.uuid4().hex[:12]}"
-        await _pg_execute(f'CREATE DATABASE "{name}"')
-        host_part = PG_ADMIN_DSN.split("://", 1)[1].rsplit("/", 1)[0]
-        try:
-            yield f"postgresql+asyncpg://{host_part}/{name}"
-        finally:
-            await _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        async with fresh_postgres_database() as url:
+            yield url
