@@ -1,0 +1,233 @@
+"""Hunyuan3D-2 flow-matching DiT (Flux-style double- and single-stream blocks).
+
+Parameter names follow the released checkpoints (``model.*`` keys) so weights load without renaming.
+The network predicts a velocity; it never sees sigmas or the sampler (that is the pipeline's job).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import DiTConfig
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float, time_factor: float = 1000.0) -> Tensor:
+    """Sinusoidal embedding of ``time_factor * t`` -> (N, dim) as [cos | sin].
+
+    Quirk kept for checkpoint parity: the official model passes its ``time_factor`` (1000) as
+    ``max_period``, so the frequencies span 1..1/1000 rather than 1..1/10000.
+    """
+    t = time_factor * t
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half).to(t.device)
+    args = t[:, None].float() * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    if torch.is_floating_point(t):
+        embedding = embedding.to(t)
+    return embedding
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """(B, H, L, D) x3 -> (B, L, H*D)."""
+    x = F.scaled_dot_product_attention(q, k, v)
+    b, h, length, d = x.shape
+    return x.transpose(1, 2).reshape(b, length, h * d)
+
+
+def split_qkv(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, L, 3*H*D) packed as (K=3, H, D) -> three (B, H, L, D) tensors."""
+    b, length, _ = qkv.shape
+    qkv = qkv.view(b, length, 3, num_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, H, L, D)
+    return qkv[0], qkv[1], qkv[2]
+
+
+class MLPEmbedder(nn.Module):
+    def __init__(self, in_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.in_layer = nn.Linear(in_dim, hidden_dim, bias=True)
+        self.silu = nn.SiLU()
+        self.out_layer = nn.Linear(hidden_dim, hidden_dim, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_layer(self.silu(self.in_layer(x)))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_dtype = x.dtype
+        x = x.float()
+        rrms = torch.rsqrt(torch.mean(x**2, dim=-1, keepdim=True) + 1e-6)
+        return (x * rrms).to(dtype=x_dtype) * self.scale
+
+
+class QKNorm(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query_norm = RMSNorm(dim)
+        self.key_norm = RMSNorm(dim)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return self.query_norm(q).to(v), self.key_norm(k).to(v)
+
+
+class SelfAttention(nn.Module):
+    """Holds the per-stream projections; the joint attention itself happens in the double block."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.norm = QKNorm(dim // num_heads)
+        self.proj = nn.Linear(dim, dim)
+
+
+class Modulation(nn.Module):
+    """adaLN: (B, C) conditioning vector -> shift/scale/gate chunks, each (B, 1, C)."""
+
+    def __init__(self, dim: int, double: bool) -> None:
+        super().__init__()
+        self.multiplier = 6 if double else 3
+        self.lin = nn.Linear(dim, self.multiplier * dim, bias=True)
+
+    def forward(self, vec: Tensor) -> list[Tensor]:
+        return list(self.lin(F.silu(vec))[:, None, :].chunk(self.multiplier, dim=-1))
+
+
+def _mlp(hidden_size: int, mlp_hidden_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(hidden_size, mlp_hidden_dim, bias=True),
+        nn.GELU(approximate="tanh"),
+        nn.Linear(mlp_hidden_dim, hidden_size, bias=True),
+    )
+
+
+class DoubleStreamBlock(nn.Module):
+    """Separate weights for latent ("img") and condition ("txt") tokens, one joint attention."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        c = cfg.hidden_size
+        self.num_heads = cfg.num_heads
+        for stream in ("img", "txt"):
+            setattr(self, f"{stream}_mod", Modulation(c, double=True))
+            setattr(self, f"{stream}_norm1", nn.LayerNorm(c, elementwise_affine=False, eps=1e-6))
+            setattr(self, f"{stream}_attn", SelfAttention(c, cfg.num_heads, cfg.qkv_bias))
+            setattr(self, f"{stream}_norm2", nn.LayerNorm(c, elementwise_affine=False, eps=1e-6))
+            setattr(self, f"{stream}_mlp", _mlp(c, cfg.mlp_hidden_dim))
+
+    def _qkv(self, stream: str, x: Tensor, shift: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        attn: SelfAttention = getattr(self, f"{stream}_attn")
+        modulated = (1 + scale) * getattr(self, f"{stream}_norm1")(x) + shift
+        q, k, v = split_qkv(attn.qkv(modulated), self.num_heads)
+        q, k = attn.norm(q, k, v)
+        return q, k, v
+
+    def _residual(self, stream: str, x: Tensor, attn_out: Tensor, mods: list[Tensor]) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        x = x + gate1 * getattr(self, f"{stream}_attn").proj(attn_out)
+        mlp_in = (1 + scale2) * getattr(self, f"{stream}_norm2")(x) + shift2
+        return x + gate2 * getattr(self, f"{stream}_mlp")(mlp_in)
+
+    def forward(self, img: Tensor, txt: Tensor, vec: Tensor) -> tuple[Tensor, Tensor]:
+        img_mods = self.img_mod(vec)
+        txt_mods = self.txt_mod(vec)
+        img_q, img_k, img_v = self._qkv("img", img, img_mods[0], img_mods[1])
+        txt_q, txt_k, txt_v = self._qkv("txt", txt, txt_mods[0], txt_mods[1])
+
+        # joint attention over [cond; latent] tokens, no positional encoding
+        q = torch.cat((txt_q, img_q), dim=2)
+        k = torch.cat((txt_k, img_k), dim=2)
+        v = torch.cat((txt_v, img_v), dim=2)
+        attn = attention(q, k, v)  # (B, T_txt + T_img, C)
+        txt_attn, img_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1] :]
+
+        return self._residual("img", img, img_attn, img_mods), self._residual("txt", txt, txt_attn, txt_mods)
+
+
+class SingleStreamBlock(nn.Module):
+    """Parallel attention + MLP on the concatenated token sequence (ViT-22B style)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        c = cfg.hidden_size
+        self.hidden_size = c
+        self.num_heads = cfg.num_heads
+        self.mlp_hidden_dim = cfg.mlp_hidden_dim
+        self.linear1 = nn.Linear(c, c * 3 + self.mlp_hidden_dim)  # qkv and mlp_in
+        self.linear2 = nn.Linear(c + self.mlp_hidden_dim, c)  # proj and mlp_out
+        self.norm = QKNorm(cfg.head_dim)
+        self.pre_norm = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
+        self.mlp_act = nn.GELU(approximate="tanh")
+        self.modulation = Modulation(c, double=False)
+
+    def forward(self, x: Tensor, vec: Tensor) -> Tensor:
+        shift, scale, gate = self.modulation(vec)
+        x_mod = (1 + scale) * self.pre_norm(x) + shift
+        qkv, mlp = torch.split(self.linear1(x_mod), [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
+        q, k, v = split_qkv(qkv, self.num_heads)
+        q, k = self.norm(q, k, v)
+        out = self.linear2(torch.cat((attention(q, k, v), self.mlp_act(mlp)), dim=2))
+        return x + gate * out
+
+
+class LastLayer(nn.Module):
+    def __init__(self, hidden_size: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, out_channels, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
+
+    def forward(self, x: Tensor, vec: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(vec).chunk(2, dim=1)
+        x = (1 + scale[:, None, :]) * self.norm_final(x) + shift[:, None, :]
+        return self.linear(x)
+
+
+class Hunyuan3DDiT(nn.Module):
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.hidden_size
+        self.latent_in = nn.Linear(cfg.in_channels, c, bias=True)
+        self.time_in = MLPEmbedder(in_dim=256, hidden_dim=c)
+        self.cond_in = nn.Linear(cfg.context_in_dim, c)
+        if cfg.guidance_embed:
+            self.guidance_in = MLPEmbedder(in_dim=256, hidden_dim=c)
+        self.double_blocks = nn.ModuleList([DoubleStreamBlock(cfg) for _ in range(cfg.depth)])
+        self.single_blocks = nn.ModuleList([SingleStreamBlock(cfg) for _ in range(cfg.depth_single_blocks)])
+        self.final_layer = LastLayer(c, cfg.in_channels)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, guidance: Tensor | None = None) -> Tensor:
+        """Velocity for latents at flow time t.
+
+        x: (B, N, C_latent) noisy latents; t: (B,) in [0, 1] (0 = noise, 1 = data);
+        cond: (B, T, C_cond) image tokens; guidance: (B,) for guidance-distilled models.
+        Returns (B, N, C_latent).
+        """
+        latent = self.latent_in(x)  # (B, N, C)
+        vec = self.time_in(timestep_embedding(t, 256, self.cfg.time_factor).to(dtype=latent.dtype))  # (B, C)
+        if self.cfg.guidance_embed:
+            if guidance is None:
+                raise ValueError("this guidance-distilled model needs a guidance value")
+            vec = vec + self.guidance_in(timestep_embedding(guidance, 256, self.cfg.time_factor))
+        cond = self.cond_in(cond)  # (B, T, C)
+
+        for block in self.double_blocks:
+            latent, cond = block(latent, cond, vec)
+
+        tokens = torch.cat((cond, latent), dim=1)  # (B, T + N, C)
+        for block in self.single_blocks:
+            tokens = block(tokens, vec)
+
+        latent = tokens[:, cond.shape[1] :, ...]  # drop the condition tokens
+        return self.final_layer(latent, vec)

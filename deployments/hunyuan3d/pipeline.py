@@ -1,0 +1,285 @@
+"""The batch-first Hunyuan3D-2 shape pipeline: images -> conditioning -> latents -> volumes -> meshes.
+
+One call handles B images: ONE conditioner pass, ONE DiT pass per step (2B rows under CFG), ONE VAE pass,
+batched volume decoding, then marching cubes per sample. Each sample owns its randomness (a CPU
+``torch.Generator`` seeded per job), so a job's mesh does not depend on its batch-mates or the device.
+
+The GPU section (:meth:`ShapePipeline.decode_volumes`) and the CPU section (:meth:`extract_surfaces`)
+are separate calls so a server can overlap one batch's marching cubes with the next batch's GPU work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import trimesh
+from diffusers import FlowMatchEulerDiscreteScheduler
+from PIL import Image
+from torch import Tensor
+
+from .checkpoint import convert_checkpoint, find_weight_file, load_strict, read_checkpoint
+from .conditioner import ImageConditioner
+from .config import SchedulerConfig, ShapeModelConfig, named_config
+from .dit import Hunyuan3DDiT
+from .image_processing import ImageProcessor
+from .params import GenerationParams
+from .surface import extract_surface
+from .vae import ShapeVAEDecoder
+from .volume import decode_dense, decode_hierarchical
+
+STAGES = ("preprocess", "conditioner", "diffusion", "vae", "volume_decoding", "surface_extraction")
+
+
+class StageTimings:
+    """Wall-clock seconds per pipeline stage (accumulated); synchronises CUDA so GPU time is real."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, device: torch.device | None = None) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if device is not None and device.type == "cuda":
+                torch.cuda.synchronize(device)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def merge(self, other: StageTimings) -> None:
+        for name, seconds in other.seconds.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+def flow_sigmas(scheduler: SchedulerConfig, num_inference_steps: int) -> np.ndarray:
+    """Flow times for each step, 0 = noise .. 1 = data (Hunyuan3D runs the flow 'forwards')."""
+    if scheduler.kind == "flow_match_euler":
+        return np.linspace(0, 1, num_inference_steps)
+    # turbo: the consistency-distilled grid (PCM) the model was trained on, sampled at `steps` points
+    train = scheduler.num_train_timesteps
+    ratio = train // scheduler.pcm_timesteps
+    euler_steps = np.concatenate([[0], (np.arange(1, scheduler.pcm_timesteps) * ratio).round().astype(np.int64) - 1])
+    grid = np.linspace(0, 1, train)[euler_steps]
+    picks = np.floor(np.linspace(0, scheduler.pcm_timesteps, num_inference_steps, endpoint=False)).astype(np.int64)
+    return grid[picks]
+
+
+def make_scheduler(scheduler: SchedulerConfig, num_inference_steps: int, device: torch.device) -> Any:
+    """A fresh diffusers scheduler per call (it is stateful), set to Hunyuan3D's forward-running flow.
+
+    diffusers runs sigmas from 1 (noise) down to 0; ``invert_sigmas`` flips them back and ends the schedule at
+    1.0, so the last Euler update is zero as in the official sampler.
+    """
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=scheduler.num_train_timesteps, invert_sigmas=True)
+    sigmas = flow_sigmas(scheduler, num_inference_steps)
+    sched.set_timesteps(sigmas=(1.0 - sigmas).tolist(), device=device)
+    return sched
+
+
+class ShapePipeline:
+    def __init__(
+        self,
+        config: ShapeModelConfig,
+        dit: Hunyuan3DDiT,
+        vae: ShapeVAEDecoder,
+        conditioner: ImageConditioner,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.image_processor = ImageProcessor(config.image_processor)
+        self.dit = dit.to(self.device, dtype).eval()
+        self.vae = vae.to(self.device, dtype).eval()
+        self.conditioner = conditioner.to(self.device, dtype).eval()
+
+    # --- construction -----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> ShapePipeline:
+        """Load a released model folder (``config.yaml`` + weights) strictly.
+
+        ``dtype`` defaults to fp16 on CUDA and fp32 on CPU (CPU fp16 matmuls are slow and inexact).
+        """
+        folder = Path(path)
+        if not (folder / "config.yaml").is_file():
+            raise FileNotFoundError(f"{folder}: not a model folder (no config.yaml)")
+        config = ShapeModelConfig.from_yaml(folder / "config.yaml")
+        weights = convert_checkpoint(read_checkpoint(find_weight_file(folder)))
+        dit, vae, conditioner = _build_modules(config)
+        load_strict(dit, weights["model"], f"{folder.name}: DiT")
+        load_strict(vae, weights["vae"], f"{folder.name}: VAE")
+        load_strict(conditioner, weights["conditioner"], f"{folder.name}: conditioner")
+        return cls(config, dit, vae, conditioner, device, dtype or _default_dtype(device))
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ShapeModelConfig | str | Path | dict[str, Any],
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> ShapePipeline:
+        """Any architecture with random weights (for benchmarks of the real-size model without weights).
+
+        ``config`` is a :class:`ShapeModelConfig`, a released-style dict, a ``config.yaml`` path or a model
+        folder, or a variant name such as ``hunyuan3d-dit-v2-0``.
+        """
+        if isinstance(config, dict):
+            config = ShapeModelConfig.from_dict(config)
+        elif isinstance(config, (str, Path)):
+            path = Path(config)
+            if path.is_dir():
+                path = path / "config.yaml"
+            config = ShapeModelConfig.from_yaml(path) if path.is_file() else named_config(str(config))
+        device = torch.device(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            with device:  # initialise where the model will run: minutes faster for real sizes on a GPU
+                dit, vae, conditioner = _build_modules(config)
+        return cls(config, dit, vae, conditioner, device, dtype or _default_dtype(device))
+
+    # --- stages -----------------------------------------------------------------------------------------
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        """(B, 3, S, S) in [-1, 1] on CPU. Raises ``EmptyImageError`` (a ValueError) naming the bad image."""
+        tensors = []
+        for index, image in enumerate(images):
+            try:
+                tensors.append(self.image_processor(image))
+            except ValueError as exc:
+                raise type(exc)(f"image {index}: {exc}") from exc
+        return torch.cat(tensors, dim=0)
+
+    def initial_noise(self, seeds: Sequence[int]) -> Tensor:
+        """(B, N, C) float32 on CPU: sample i is drawn alone from ``Generator().manual_seed(seeds[i])``."""
+        shape = (1, self.config.vae.num_latents, self.config.vae.embed_dim)
+        return torch.cat(
+            [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32) for s in seeds]
+        )
+
+    @torch.inference_mode()
+    def sample_latents(
+        self,
+        images: Sequence[Image.Image],
+        seeds: Sequence[int],
+        params: GenerationParams,
+        timings: StageTimings | None = None,
+    ) -> Tensor:
+        """Flow-matching sampling for the whole batch -> (B, N, C) latents before the VAE (model dtype)."""
+        if len(images) != len(seeds):
+            raise ValueError(f"got {len(images)} images but {len(seeds)} seeds; give one seed per image")
+        if not images:
+            raise ValueError("no images given")
+        timings = timings or StageTimings()
+        batch = len(images)
+        with timings.stage("preprocess"):
+            pixels = self.preprocess(images).to(self.device, self.dtype)
+
+        # 1. condition: ONE encoder pass; CFG appends the zero (unconditional) rows -> (2B, T, C)
+        with timings.stage("conditioner", self.device):
+            cond = self.conditioner(pixels)
+            if self.config.uses_cfg:
+                cond = torch.cat([cond, self.conditioner.unconditional(batch)], dim=0)
+
+        # 2. flow matching: ONE DiT call per step for the whole batch
+        with timings.stage("diffusion", self.device):
+            scheduler = make_scheduler(self.config.scheduler, params.num_inference_steps, self.device)
+            latents = self.initial_noise(seeds).to(self.device, self.dtype)
+            guidance = None
+            if not self.config.uses_cfg:
+                guidance = torch.full((batch,), params.guidance_scale, device=self.device, dtype=self.dtype)
+            train_steps = self.config.scheduler.num_train_timesteps
+            for t in scheduler.timesteps:
+                model_input = torch.cat([latents, latents]) if self.config.uses_cfg else latents
+                t_model = t.expand(model_input.shape[0]).to(latents.dtype) / train_steps
+                velocity = self.dit(model_input, t_model, cond, guidance)
+                if self.config.uses_cfg:
+                    v_cond, v_uncond = velocity.chunk(2)
+                    velocity = v_uncond + params.guidance_scale * (v_cond - v_uncond)
+                latents = scheduler.step(velocity, t, latents).prev_sample  # Euler step in fp32
+        return latents
+
+    @torch.inference_mode()
+    def decode_volumes(self, latents: Tensor, params: GenerationParams, timings: StageTimings | None = None) -> Tensor:
+        """(B, N, C) latents -> (B, R+1, R+1, R+1) float32 occupancy logits on CPU."""
+        timings = timings or StageTimings()
+        with timings.stage("vae", self.device):
+            # latents were trained scaled by scale_factor; the official code multiplies by the reciprocal
+            tokens = self.vae(latents.to(self.device, self.dtype) * (1.0 / self.config.vae.scale_factor))
+            kv = self.vae.geo_decoder.prepare_kv(tokens)
+
+        def decode(points: Tensor) -> Tensor:
+            return self.vae.geo_decoder(points.to(self.dtype), kv)
+
+        with timings.stage("volume_decoding", self.device):
+            batch, r = latents.shape[0], params.octree_resolution
+            if params.volume_decoder == "dense":
+                grids = decode_dense(decode, batch, r, params.box_v, params.num_chunks, self.device)
+            else:
+                grids = decode_hierarchical(
+                    decode, batch, r, params.box_v, params.num_chunks, params.mc_level, self.device
+                )
+            grids = grids.float().cpu()
+        return grids
+
+    def extract_surfaces(
+        self,
+        grids: Tensor,
+        params: GenerationParams,
+        timings: StageTimings | None = None,
+        return_exceptions: bool = False,
+    ) -> list[trimesh.Trimesh | Exception]:
+        """Marching cubes per sample (CPU). With ``return_exceptions`` a failed sample's slot holds its error."""
+        timings = timings or StageTimings()
+        meshes: list[trimesh.Trimesh | Exception] = []
+        with timings.stage("surface_extraction"):
+            for grid in grids:
+                try:
+                    meshes.append(extract_surface(grid, params.mc_level, params.box_v, params.octree_resolution))
+                except ValueError as exc:
+                    if not return_exceptions:
+                        raise
+                    meshes.append(exc)
+        return meshes
+
+    def generate_volumes(
+        self,
+        images: Sequence[Image.Image],
+        seeds: Sequence[int],
+        params: GenerationParams,
+        timings: StageTimings | None = None,
+    ) -> Tensor:
+        """The accelerator section: preprocess, condition, sample and decode volumes."""
+        latents = self.sample_latents(images, seeds, params, timings)
+        return self.decode_volumes(latents, params, timings)
+
+    def generate_shape_batch(
+        self,
+        images: Sequence[Image.Image],
+        seeds: Sequence[int],
+        params: GenerationParams | None = None,
+        timings: StageTimings | None = None,
+        return_exceptions: bool = False,
+    ) -> list[trimesh.Trimesh]:
+        """B images -> B meshes through one batched pass."""
+        params = params or GenerationParams()
+        grids = self.generate_volumes(images, seeds, params, timings)
+        return self.extract_surfaces(grids, params, timings, return_exceptions)  # type: ignore[return-value]
+
+
+def _build_modules(config: ShapeModelConfig) -> tuple[Hunyuan3DDiT, ShapeVAEDecoder, ImageConditioner]:
+    return Hunyuan3DDiT(config.dit), ShapeVAEDecoder(config.vae), ImageConditioner(config.conditioner)
+
+
+def _default_dtype(device: str | torch.device) -> torch.dtype:
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32

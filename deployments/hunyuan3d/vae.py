@@ -1,0 +1,205 @@
+"""Decoder half of the Hunyuan3D-2 ShapeVAE: latents -> token set -> occupancy logits at query points.
+
+Names follow the released ``vae.*`` checkpoint keys. Unlike the official module this one is
+batch-first end to end: ``GeometryDecoder`` takes (B, P, 3) points for B different token sets at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import VAEConfig
+
+
+class FourierEmbedder(nn.Module):
+    """(..., 3) points -> (..., 3 * (2F + 1)) as [x | sin(f x) | cos(f x)], f = 2^0 .. 2^(F-1) (times pi)."""
+
+    def __init__(self, num_freqs: int, include_pi: bool) -> None:
+        super().__init__()
+        frequencies = 2.0 ** torch.arange(num_freqs, dtype=torch.float32)
+        if include_pi:
+            frequencies *= torch.pi
+        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.num_freqs = num_freqs
+
+    def forward(self, x: Tensor) -> Tensor:
+        embed = (x[..., None].contiguous() * self.frequencies).view(*x.shape[:-1], -1)
+        return torch.cat((x, embed.sin(), embed.cos()), dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, expand_ratio: int = 4) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(width, width * expand_ratio)
+        self.c_proj = nn.Linear(width * expand_ratio, width)
+        self.gelu = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+def _qk_norm(enabled: bool, head_dim: int) -> nn.Module:
+    return nn.LayerNorm(head_dim, elementwise_affine=True, eps=1e-6) if enabled else nn.Identity()
+
+
+class QKVMultiheadAttention(nn.Module):
+    def __init__(self, heads: int, width: int, qk_norm: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_norm = _qk_norm(qk_norm, width // heads)
+        self.k_norm = _qk_norm(qk_norm, width // heads)
+
+    def forward(self, qkv: Tensor) -> Tensor:
+        bs, n_ctx, width = qkv.shape
+        # packed per head as [q | k | v]: (B, N, H, 3*D)
+        qkv = qkv.view(bs, n_ctx, self.heads, -1)
+        q, k, v = torch.split(qkv, width // self.heads // 3, dim=-1)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N, D)
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(bs, n_ctx, -1)
+
+
+class MultiheadAttention(nn.Module):
+    def __init__(self, width: int, heads: int, qkv_bias: bool, qk_norm: bool) -> None:
+        super().__init__()
+        self.c_qkv = nn.Linear(width, width * 3, bias=qkv_bias)
+        self.c_proj = nn.Linear(width, width)
+        self.attention = QKVMultiheadAttention(heads, width, qk_norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(self.attention(self.c_qkv(x)))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width: int, heads: int, qkv_bias: bool, qk_norm: bool) -> None:
+        super().__init__()
+        self.attn = MultiheadAttention(width, heads, qkv_bias, qk_norm)
+        self.ln_1 = nn.LayerNorm(width, elementwise_affine=True, eps=1e-6)
+        self.mlp = MLP(width)
+        self.ln_2 = nn.LayerNorm(width, elementwise_affine=True, eps=1e-6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int, qkv_bias: bool, qk_norm: bool) -> None:
+        super().__init__()
+        self.resblocks = nn.ModuleList(
+            [ResidualAttentionBlock(width, heads, qkv_bias, qk_norm) for _ in range(layers)]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.resblocks:
+            x = block(x)
+        return x
+
+
+class QKVMultiheadCrossAttention(nn.Module):
+    def __init__(self, heads: int, width: int, qk_norm: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_norm = _qk_norm(qk_norm, width // heads)
+        self.k_norm = _qk_norm(qk_norm, width // heads)
+
+    def forward(self, q: Tensor, kv: Tensor) -> Tensor:
+        _, n_ctx, _ = q.shape
+        bs, n_data, width = kv.shape
+        q = q.view(q.shape[0], n_ctx, self.heads, -1)  # (B or 1, P, H, D)
+        kv = kv.view(bs, n_data, self.heads, -1)  # packed per head as [k | v]
+        k, v = torch.split(kv, width // self.heads // 2, dim=-1)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+        # query points shared by the whole batch broadcast against B token sets
+        out = F.scaled_dot_product_attention(q.expand(bs, -1, -1, -1), k, v)
+        return out.transpose(1, 2).reshape(bs, n_ctx, -1)
+
+
+class MultiheadCrossAttention(nn.Module):
+    def __init__(self, width: int, heads: int, qkv_bias: bool, qk_norm: bool) -> None:
+        super().__init__()
+        self.c_q = nn.Linear(width, width, bias=qkv_bias)
+        self.c_kv = nn.Linear(width, width * 2, bias=qkv_bias)
+        self.c_proj = nn.Linear(width, width)
+        self.attention = QKVMultiheadCrossAttention(heads, width, qk_norm)
+
+    def forward(self, x: Tensor, data: Tensor | None = None, kv: Tensor | None = None) -> Tensor:
+        if kv is None:
+            kv = self.c_kv(data)
+        return self.c_proj(self.attention(self.c_q(x), kv))
+
+
+class ResidualCrossAttentionBlock(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_expand_ratio: int, qkv_bias: bool, qk_norm: bool) -> None:
+        super().__init__()
+        self.attn = MultiheadCrossAttention(width, heads, qkv_bias, qk_norm)
+        self.ln_1 = nn.LayerNorm(width, elementwise_affine=True, eps=1e-6)
+        self.ln_2 = nn.LayerNorm(width, elementwise_affine=True, eps=1e-6)
+        self.ln_3 = nn.LayerNorm(width, elementwise_affine=True, eps=1e-6)
+        self.mlp = MLP(width, expand_ratio=mlp_expand_ratio)
+
+    def project_kv(self, data: Tensor) -> Tensor:
+        """Keys/values of the token set; computed once per decode, reused for every chunk of points."""
+        return self.attn.c_kv(self.ln_2(data))
+
+    def forward(self, x: Tensor, kv: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x), kv=kv)
+        return x + self.mlp(self.ln_3(x))
+
+
+class GeometryDecoder(nn.Module):
+    """Occupancy logit of query points given a token set (``geo_decoder`` in the checkpoint)."""
+
+    def __init__(self, cfg: VAEConfig, fourier_embedder: FourierEmbedder) -> None:
+        super().__init__()
+        width = cfg.geo_width
+        self.fourier_embedder = fourier_embedder
+        self.downsample_ratio = cfg.geo_decoder_downsample_ratio
+        self.enable_ln_post = cfg.geo_decoder_ln_post
+        self.query_proj = nn.Linear(cfg.fourier_dim, width)
+        if self.downsample_ratio != 1:
+            self.latents_proj = nn.Linear(width * self.downsample_ratio, width)
+        # The official decoder drops q/k norms together with ln_post (turbo VAEs).
+        qk_norm = cfg.qk_norm and self.enable_ln_post
+        self.cross_attn_decoder = ResidualCrossAttentionBlock(
+            width, cfg.geo_heads, cfg.geo_decoder_mlp_expand_ratio, cfg.qkv_bias, qk_norm
+        )
+        if self.enable_ln_post:
+            self.ln_post = nn.LayerNorm(width)
+        self.output_proj = nn.Linear(width, 1)
+
+    def prepare_kv(self, tokens: Tensor) -> Tensor:
+        """(B, M, width) VAE tokens -> (B, M, 2 * geo_width) keys/values for :meth:`forward`."""
+        if self.downsample_ratio != 1:
+            tokens = self.latents_proj(tokens)
+        return self.cross_attn_decoder.project_kv(tokens)
+
+    def forward(self, points: Tensor, kv: Tensor) -> Tensor:
+        """points: (1 or B, P, 3), kv from :meth:`prepare_kv`: (B, M, 2W). Returns logits (B, P)."""
+        # A (1, P, W) query is shared by the batch: its projections run once and broadcast in attention.
+        query = self.query_proj(self.fourier_embedder(points).to(kv.dtype))  # (1|B, P, W)
+        x = self.cross_attn_decoder(query, kv)  # (B, P, W)
+        if self.enable_ln_post:
+            x = self.ln_post(x)
+        return self.output_proj(x)[..., 0]
+
+
+class ShapeVAEDecoder(nn.Module):
+    """``post_kl`` + transformer (latents -> tokens) and the geometry decoder."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.fourier_embedder = FourierEmbedder(cfg.num_freqs, cfg.include_pi)
+        self.post_kl = nn.Linear(cfg.embed_dim, cfg.width)
+        self.transformer = Transformer(
+            cfg.width, cfg.num_decoder_layers, cfg.heads, cfg.qkv_bias, cfg.qk_norm
+        )
+        self.geo_decoder = GeometryDecoder(cfg, self.fourier_embedder)
+
+    def forward(self, latents: Tensor) -> Tensor:
+        """(B, N, embed_dim) sampled latents (already divided by scale_factor) -> (B, N, width) tokens."""
+        return self.transformer(self.post_kl(latents))
