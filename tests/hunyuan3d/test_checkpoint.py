@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from deployments.hunyuan3d import CheckpointError, ShapePipeline
+from deployments.hunyuan3d.checkpoint import convert_checkpoint, find_weight_file, map_key
+
+from .conftest import TINY_MODELS
+
+CFG_FOLDER = TINY_MODELS / "hunyuan3d-dit-v2-0"
+
+
+def test_map_key_converts_transformers4_dinov2_names():
+    key = "conditioner.main_image_encoder.model.encoder.layer.0.attention.attention.query.weight"
+    assert map_key(key) == ("conditioner", "model.encoder.layer.0.attention.q_proj.weight")
+    key = "conditioner.main_image_encoder.model.encoder.layer.3.attention.output.dense.bias"
+    assert map_key(key) == ("conditioner", "model.encoder.layer.3.attention.o_proj.bias")
+    assert map_key("vae.post_kl.weight") == ("vae", "post_kl.weight")
+
+
+def test_map_key_rejects_unknown_prefixes_naming_the_key():
+    with pytest.raises(CheckpointError, match="'texgen.foo'"):
+        map_key("texgen.foo")
+
+
+def test_convert_checkpoint_splits_fused_swiglu_gate_first():
+    fused = torch.arange(8.0).view(8, 1)
+    converted = convert_checkpoint({"conditioner.main_image_encoder.model.encoder.layer.0.mlp.weights_in.weight": fused})
+    sd = converted["conditioner"]
+    assert torch.equal(sd["model.encoder.layer.0.mlp.gate_proj.weight"], fused[:4])
+    assert torch.equal(sd["model.encoder.layer.0.mlp.up_proj.weight"], fused[4:])
+
+
+def _copy_folder(tmp_path, mutate):
+    shutil.copy(CFG_FOLDER / "config.yaml", tmp_path / "config.yaml")
+    weights = load_file(str(CFG_FOLDER / "model.fp16.safetensors"))
+    mutate(weights)
+    save_file(weights, str(tmp_path / "model.fp16.safetensors"))
+    return tmp_path
+
+
+def test_load_strict_reports_a_missing_key(tmp_path):
+    folder = _copy_folder(tmp_path, lambda w: w.pop("model.latent_in.weight"))
+    with pytest.raises(CheckpointError, match=r"DiT: .*missing latent_in.weight"):
+        ShapePipeline.from_pretrained(folder)
+
+
+def test_load_strict_reports_an_unexpected_key(tmp_path):
+    folder = _copy_folder(tmp_path, lambda w: w.__setitem__("vae.extra.weight", torch.zeros(1)))
+    with pytest.raises(CheckpointError, match=r"unexpected extra.weight"):
+        ShapePipeline.from_pretrained(folder)
+
+
+def test_load_strict_reports_a_shape_mismatch(tmp_path):
+    folder = _copy_folder(tmp_path, lambda w: w.__setitem__("model.cond_in.bias", torch.zeros(3)))
+    with pytest.raises(CheckpointError, match=r"cond_in.bias has shape \(3,\)"):
+        ShapePipeline.from_pretrained(folder)
+
+
+def test_find_weight_file_prefers_fp16_safetensors(tmp_path):
+    for name in ("model.ckpt", "model.fp16.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+    assert find_weight_file(tmp_path).name == "model.fp16.safetensors"
+    (tmp_path / "model.fp16.safetensors").unlink()
+    assert find_weight_file(tmp_path).name == "model.ckpt"
+
+
+def test_missing_weights_name_the_expected_files(tmp_path):
+    shutil.copy(CFG_FOLDER / "config.yaml", tmp_path / "config.yaml")
+    with pytest.raises(FileNotFoundError, match="model.fp16.safetensors"):
+        ShapePipeline.from_pretrained(tmp_path)

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from deployments.hunyuan3d.config import NAMED_CONFIGS, ShapeModelConfig, UnsupportedModelError, named_config
+from deployments.hunyuan3d.dit import Hunyuan3DDiT
+from deployments.hunyuan3d.vae import ShapeVAEDecoder
+
+
+def _released_v2_0() -> dict:
+    return named_config("hunyuan3d-dit-v2-0").to_dict()
+
+
+def test_config_round_trips_through_released_dict():
+    for name, config in NAMED_CONFIGS.items():
+        assert ShapeModelConfig.from_dict(config.to_dict(), name=name) == config
+
+
+def test_config_maps_any_hy3dgen_target_path_by_class_name():
+    raw = _released_v2_0()
+    raw["model"]["target"] = "hy3dgen.shapegen.models.denoisers.hunyuan3ddit.Hunyuan3DDiT"
+    assert ShapeModelConfig.from_dict(raw).dit.depth == 16
+
+
+def test_config_rejects_multiview_models_with_a_clear_message():
+    raw = _released_v2_0()
+    raw["conditioner"]["params"]["main_image_encoder"]["type"] = "DinoImageEncoderMV"
+    with pytest.raises(UnsupportedModelError, match="multiview"):
+        ShapeModelConfig.from_dict(raw)
+
+
+def test_config_rejects_multiview_image_processor():
+    raw = _released_v2_0()
+    raw["image_processor"]["target"] = "hy3dgen.shapegen.preprocessors.MVImageProcessorV2"
+    with pytest.raises(UnsupportedModelError, match="multiview"):
+        ShapeModelConfig.from_dict(raw)
+
+
+def test_config_rejects_unknown_parameters_naming_them():
+    raw = _released_v2_0()
+    raw["vae"]["params"]["mystery_knob"] = 3
+    with pytest.raises(ValueError, match="mystery_knob"):
+        ShapeModelConfig.from_dict(raw)
+
+
+def test_config_rejects_missing_sections():
+    raw = _released_v2_0()
+    del raw["vae"]
+    with pytest.raises(ValueError, match="'vae' section"):
+        ShapeModelConfig.from_dict(raw)
+
+
+def test_config_rejects_inconsistent_widths():
+    raw = copy.deepcopy(_released_v2_0())
+    raw["model"]["params"]["in_channels"] = 32
+    with pytest.raises(ValueError, match="embed_dim"):
+        ShapeModelConfig.from_dict(raw)
+
+
+def test_config_parses_turbo_scheduler_and_vae():
+    turbo = named_config("hunyuan3d-dit-v2-0-turbo")
+    parsed = ShapeModelConfig.from_dict(turbo.to_dict())
+    assert parsed.scheduler.kind == "consistency_flow_match_euler"
+    assert parsed.vae.geo_width == 512 and not parsed.vae.geo_decoder_ln_post
+    assert not parsed.uses_cfg
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    ("variant", "dit_params"),
+    [("hunyuan3d-dit-v2-0", 1_113_274_432), ("hunyuan3d-dit-v2-mini", 559_196_224)],
+)
+def test_real_size_dit_has_the_published_parameter_count(variant, dit_params):
+    with torch.device("meta"):
+        dit = Hunyuan3DDiT(named_config(variant).dit)
+    assert _count(dit) == dit_params
+
+
+def test_real_size_vae_decoder_has_214m_parameters():
+    with torch.device("meta"):
+        vae = ShapeVAEDecoder(named_config("hunyuan3d-dit-v2-0").vae)
+    assert _count(vae) == 214_212_865
+
+
+def test_named_config_unknown_variant_lists_known_ones():
+    with pytest.raises(ValueError, match="hunyuan3d-dit-v2-0"):
+        named_config("hunyuan3d-dit-v9")
