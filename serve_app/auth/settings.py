@@ -1,0 +1,93 @@
+"""Typed settings of the auth layer; built once by the application builder and passed down explicitly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serve_app.auth.network import ALL_ADDRESSES, IPNetwork, parse_cidr
+from serve_app.auth.profile import MAX_LIFETIME_S
+
+
+class RateLimitSettings(BaseModel):
+    """Failure backoff: ``max_failures_*`` refusals within ``window_s`` block the IP or key for a while.
+
+    The block lasts ``backoff_base_s * 2**k`` (capped at ``backoff_max_s``) for the k-th block in a row;
+    a subject that stays clean for ``forgive_after_s`` after its last block starts again at k = 0.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window_s: float = Field(60.0, gt=0)
+    max_failures_per_ip: int = Field(20, ge=1)
+    max_failures_per_key: int = Field(10, ge=1)
+    backoff_base_s: float = Field(30.0, gt=0)
+    backoff_max_s: float = Field(900.0, gt=0)
+    forgive_after_s: float = Field(3600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _backoff(self) -> RateLimitSettings:
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("backoff_max_s must be >= backoff_base_s")
+        return self
+
+
+def normalize_authority(value: str) -> str:
+    """Lowercase host[:port] without a default port, the way signers serialize ``@authority``.
+
+    Clients drop :80 for http and :443 for https before signing; the server may see another scheme
+    behind a TLS-terminating proxy, so both default ports are dropped regardless of scheme.
+    """
+    authority = value.strip().lower()
+    if not authority or "/" in authority or "@" in authority or " " in authority:
+        raise ValueError(f"authority must be host[:port] as clients address the API, got {value!r}")
+    host, sep, port = authority.rpartition(":")
+    if sep and not host.endswith("]") and ":" in host:
+        return authority  # a bare IPv6 address without brackets has no port to strip
+    if sep and port in ("80", "443"):
+        return host
+    return authority
+
+
+class AuthSettings(BaseModel):
+    """Everything the auth middleware and key tooling need, with the profile's defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    protected_prefix: str = "/api/agent/"
+    # Window of the profile: now - max_age_s <= created <= now + future_skew_s, expires >= now.
+    max_age_s: int = Field(MAX_LIFETIME_S, ge=1, le=MAX_LIFETIME_S)
+    future_skew_s: int = Field(60, ge=0, le=MAX_LIFETIME_S)
+    # host[:port] agents sign as @authority; None trusts the Host header (fine for one known hostname).
+    authority: str | None = None
+    global_allowlist: tuple[IPNetwork, ...] = ALL_ADDRESSES
+    # TCP peers whose X-Forwarded-For is believed (load balancers in front of the Serve proxy).
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=0)
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    # How often (per process) expired nonces and stale failure counters are deleted.
+    purge_interval_s: float = Field(60.0, gt=0)
+    master_key_env: str = "ORFEAS_MASTER_KEY"
+    master_key_file: Path | None = None
+
+    @field_validator("authority")
+    @classmethod
+    def _authority(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_authority(value)
+
+    @field_validator("protected_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"protected_prefix must start with '/', got {value!r}")
+        return value
+
+    @field_validator("global_allowlist", "trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError("give a list of CIDRs, not one string")
+        if isinstance(value, (list, tuple)):
+            return tuple(parse_cidr(item) if isinstance(item, str) else item for item in value)
+        return value
