@@ -1,0 +1,246 @@
+"""The dispatcher: claims queued jobs, runs them through the model, stores the meshes, finishes the jobs.
+
+One asyncio loop per instance (one per ingress replica). Each round it
+  1. every ``maintenance_interval_s``: expires overdue jobs, requeues jobs whose worker's lease expired
+     (restart recovery: a dead instance's jobs come back once their lease runs out), purges old
+     idempotency keys;
+  2. claims up to ``concurrency`` minus the jobs in flight and starts one task per job, so the model
+     deployment receives them concurrently and can batch them;
+  3. every ``lease_s / 3``: renews the leases of the jobs in flight and abandons those it no longer holds
+     (cancelled by the agent, or requeued after this instance stalled past its lease);
+  4. sleeps until ``notify()``, a job finishing, or the next poll.
+Exactly-once completion is the store's guarantee (completion is guarded by the lease owner); the
+dispatcher only has to never write for a job it abandoned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from serve_app.artifacts import CANONICAL_FORMAT, ArtifactStore, MeshStats, export_mesh
+from serve_app.jobs.events import JobEvent, JobEvents
+from serve_app.jobs.generation import GenerateFn, GenerationError, GenerationRequest, MeshResult
+from serve_app.jobs.records import JobRecord
+from serve_app.jobs.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    concurrency: int = 8  # jobs in flight per instance; >= the model's max batch size keeps batches full
+    lease_s: float = 60.0  # a crashed instance's jobs are retried this long after its last heartbeat
+    poll_interval_s: float = 1.0
+    maintenance_interval_s: float = 10.0
+    stop_grace_s: float = 30.0  # stop() lets jobs in flight finish this long, then requeues the rest
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if not self.lease_s > 0 or not self.poll_interval_s > 0:
+            raise ValueError("lease_s and poll_interval_s must be positive")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: JobStore,
+        artifacts: ArtifactStore,
+        generate: GenerateFn,
+        settings: DispatcherSettings | None = None,
+        *,
+        worker_id: str | None = None,
+        events: JobEvents | None = None,
+    ) -> None:
+        self._store = store
+        self._artifacts = artifacts
+        self._generate = generate
+        self.settings = settings or DispatcherSettings()
+        self.worker_id = worker_id or default_worker_id()
+        self.events = events or JobEvents()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._jobs: dict[str, JobRecord] = {}
+        self._finishing: set[str] = set()  # writing their final state: never abandon these
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def in_flight(self) -> frozenset[str]:
+        return frozenset(self._tasks)
+
+    async def start(self) -> None:
+        if self._loop_task is not None:
+            raise RuntimeError("dispatcher already started")
+        self._loop_task = asyncio.create_task(self._loop(), name=f"dispatcher-{self.worker_id}")
+
+    def notify(self) -> None:
+        """Claim now instead of at the next poll (call after submitting)."""
+        self._wake.set()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming, let jobs in flight finish for ``grace_s``, then requeue the rest at once."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        tasks = list(self._tasks.items())
+        if not tasks:
+            return
+        grace = self.settings.stop_grace_s if grace_s is None else grace_s
+        await asyncio.wait([task for _, task in tasks], timeout=grace)
+        for job_id, task in tasks:
+            if not task.done() and job_id not in self._finishing:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await self._store.release(job_id, self.worker_id)
+        await asyncio.gather(*(task for _, task in tasks), return_exceptions=True)
+
+    async def kill(self) -> None:
+        """Stop at once writing nothing, as a crash would: the leases expire and another instance retries."""
+        self._stopping = True
+        everything = [t for t in (self._loop_task, *self._tasks.values()) if t is not None]
+        for task in everything:
+            task.cancel()
+        await asyncio.gather(*everything, return_exceptions=True)
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        settings = self.settings
+        heartbeat_every = settings.lease_s / 3
+        next_maintenance = next_heartbeat = time.monotonic()
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                if time.monotonic() >= next_maintenance:
+                    await self._maintain()
+                    next_maintenance = time.monotonic() + settings.maintenance_interval_s
+                free = settings.concurrency - len(self._tasks)
+                if free > 0:
+                    for job in await self._store.claim(self.worker_id, free, settings.lease_s):
+                        self._start_job(job)
+                if time.monotonic() >= next_heartbeat:
+                    await self._heartbeat()
+                    next_heartbeat = time.monotonic() + heartbeat_every
+            except Exception:
+                # The database may be briefly unreachable; keep going, leases protect the jobs.
+                logger.exception("dispatcher %s: round failed", self.worker_id)
+            delay = min(settings.poll_interval_s, max(0.0, next_heartbeat - time.monotonic()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _maintain(self) -> None:
+        expired = await self._store.expire_overdue()
+        requeued, failed = await self._store.requeue_expired_leases()
+        await self._store.purge_idempotency_keys()
+        if expired or requeued or failed:
+            logger.info("jobs expired %s, requeued %s, failed after lost workers %s", expired, requeued, failed)
+
+    async def _heartbeat(self) -> None:
+        job_ids = list(self._tasks)
+        held = await self._store.heartbeat(self.worker_id, job_ids, self.settings.lease_s)
+        for job_id in job_ids:
+            task = self._tasks.get(job_id)
+            if job_id in held or task is None or job_id in self._finishing:
+                continue
+            logger.info("job %s is no longer held by %s (cancelled or requeued); abandoning it", job_id, self.worker_id)
+            task.cancel()
+            current = await self._store.get(self._jobs[job_id].agent, job_id)
+            if current is not None:
+                self.events.publish(JobEvent.of(current, at=self._store.now()))
+
+    def _start_job(self, job: JobRecord) -> None:
+        task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self._tasks[job.id] = task
+        self._jobs[job.id] = job
+        task.add_done_callback(lambda done: self._forget(job.id, done))
+        self._publish(job, "running", job.stage, job.progress)
+
+    def _forget(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Only the store can raise here (the database went away mid-job); the lease expiry retries it.
+            logger.error("job %s: could not record its outcome", job_id, exc_info=task.exception())
+        self._tasks.pop(job_id, None)
+        self._jobs.pop(job_id, None)
+        self._finishing.discard(job_id)
+        self._wake.set()  # a slot is free
+
+    # ---- one job ----------------------------------------------------------------------------------------
+
+    async def _run(self, job: JobRecord) -> None:
+        """Generate, store, complete. Cancellation (kill, stop, abandon) propagates without any write."""
+        claimed_at = job.claimed_at or job.created_at  # always set by claim
+        timings: dict[str, Any] = {"attempt": job.attempts, "queue_s": (claimed_at - job.created_at).total_seconds()}
+        began = time.perf_counter()
+        try:
+            produced = await self._produce(job, timings)
+        except Exception as exc:
+            if isinstance(exc, GenerationError):
+                code, message, retryable = exc.code, exc.message, exc.retryable
+            else:
+                logger.exception("job %s failed", job.id)
+                code, message, retryable = "internal_error", f"{type(exc).__name__}: {exc}", True
+            timings["total_s"] = time.perf_counter() - began
+            self._finishing.add(job.id)
+            if await self._store.fail(
+                job.id, self.worker_id, code=code, message=message, retryable=retryable, timings=timings
+            ):
+                self._publish(job, "failed", "failed", job.progress, error_code=code)
+            return
+        if produced is None:
+            return  # cancelled while generating: the heartbeat will notice, nothing more to write
+        relpath, stats = produced
+        timings["total_s"] = time.perf_counter() - began
+        self._finishing.add(job.id)
+        if await self._store.complete(
+            job.id, self.worker_id, result_path=relpath, mesh_stats=stats.to_dict(), timings=timings
+        ):
+            self._publish(job, "succeeded", "done", 100)
+        else:
+            # Cancelled or taken over while we exported: ours is not the result, leave no file behind.
+            self._artifacts.delete(relpath)
+
+    async def _produce(self, job: JobRecord, timings: dict[str, Any]) -> tuple[str, MeshStats] | None:
+        """The model call and the mesh file; None when the job stopped being ours before the export."""
+        image = await asyncio.to_thread(self._artifacts.read_bytes, job.input_path)
+        started = time.perf_counter()
+        result = await self._generate(GenerationRequest(job.id, image, job.seed, dict(job.params), job.model))
+        timings["generate_s"] = time.perf_counter() - started
+        if result.timings:
+            timings["model"] = dict(result.timings)
+        if not await self._store.set_stage(job.id, self.worker_id, "exporting", 90):
+            return None
+        self._publish(job, "running", "exporting", 90)
+        started = time.perf_counter()
+        # A fresh name per run: a stale run (abandoned while its export thread finishes) can never
+        # overwrite, or delete, the file of the run that completed the job.
+        relpath = f"results/{job.id}/mesh-{secrets.token_hex(8)}.{CANONICAL_FORMAT}"
+        stats = await asyncio.to_thread(self._write_mesh, result, relpath)
+        timings["export_s"] = time.perf_counter() - started
+        return relpath, stats
+
+    def _write_mesh(self, result: MeshResult, relpath: str) -> MeshStats:
+        mesh = result.to_trimesh()
+        if len(mesh.faces) == 0:
+            raise GenerationError(
+                "empty_mesh", "the model found no surface in this image; try another image or seed", retryable=False
+            )
+        self._artifacts.put_bytes(relpath, export_mesh(mesh, CANONICAL_FORMAT))
+        return MeshStats.of(mesh)
+
+    def _publish(self, job: JobRecord, status: str, stage: str, progress: int, error_code: str | None = None) -> None:
+        self.events.publish(JobEvent(job.id, job.agent, status, stage, progress, self._store.now(), error_code))

@@ -1,0 +1,151 @@
+"""Values the job store takes and returns: plain frozen dataclasses, detached from any session."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any, Literal
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "expired"})
+
+Priority = Literal["normal", "critical"]
+PRIORITIES: tuple[Priority, ...] = ("normal", "critical")
+
+# Seeds feed 64-bit torch generators and a BIGINT column.
+MAX_SEED = 2**63 - 1
+_IMAGE_FORMAT = re.compile(r"^[a-z0-9]{1,8}$")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """One image to turn into a mesh, validated by the ingress.
+
+    ``image``: the decoded and re-encoded image bytes (stored as an artifact, not in the database).
+    ``seed``: ``None`` lets the store draw one; it is recorded either way so the job can be reproduced.
+    ``params``: generation parameters as ``GenerationParams.to_dict()`` keys; the store does not read them.
+    ``deadline_s``: seconds the job may wait to start before it expires (``None``: the store's default).
+    """
+
+    image: bytes
+    model: str
+    seed: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    priority: Priority = "normal"
+    deadline_s: float | None = None
+    image_format: str = "png"
+
+    def __post_init__(self) -> None:
+        if not self.image:
+            raise ValueError("image must not be empty")
+        if self.priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {list(PRIORITIES)}, got {self.priority!r}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED
+        ):
+            raise ValueError(f"seed must be an integer between 0 and {MAX_SEED}, got {self.seed!r}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"deadline_s must be positive, got {self.deadline_s!r}")
+        if not _IMAGE_FORMAT.match(self.image_format):
+            raise ValueError(
+                f"image_format must be a short lowercase extension such as 'png', got {self.image_format!r}"
+            )
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored (one row of ``jobs``)."""
+
+    id: str
+    agent: str
+    batch_id: str | None
+    batch_index: int
+    status: JobStatus
+    stage: str
+    progress: int
+    priority: Priority
+    seed: int
+    params: dict[str, Any]
+    model: str
+    input_path: str
+    created_at: datetime
+    started_at: datetime | None
+    claimed_at: datetime | None
+    finished_at: datetime | None
+    deadline_at: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    attempts: int
+    error_code: str | None
+    error_message: str | None
+    retryable: bool | None
+    mesh_stats: dict[str, Any] | None
+    timings: dict[str, Any] | None
+    result_path: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> JobRecord:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: str
+    agent: str
+    created_at: datetime
+    jobs: tuple[JobRecord, ...]  # in submission order
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Jobs per status, every status present (0 when none)."""
+        seen = Counter(job.status for job in self.jobs)
+        return {status: seen.get(status, 0) for status in JOB_STATUSES}
+
+    @property
+    def finished(self) -> bool:
+        return all(job.terminal for job in self.jobs)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a submit returns; ``replayed`` is True when an idempotency key matched an earlier request."""
+
+    jobs: tuple[JobRecord, ...]
+    batch_id: str | None
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: tuple[JobRecord, ...]
+    next_cursor: str | None  # opaque; None on the last page
+
+
+class JobStoreError(Exception):
+    """Base of the store's refusals; each maps to one HTTP status at the ingress."""
+
+
+class IdempotencyConflict(JobStoreError):
+    """The key was used before with a different request body (HTTP 422)."""
+
+
+class IdempotencyInProgress(JobStoreError):
+    """A request with the same key is still being processed (HTTP 409)."""
+
+
+class QueueFull(JobStoreError):
+    """Too many queued jobs (HTTP 503 with ``Retry-After: retry_after_s``)."""
+
+    def __init__(self, queued: int, limit: int, retry_after_s: int) -> None:
+        super().__init__(f"the queue is full ({queued} queued jobs, limit {limit}); retry in {retry_after_s} s")
+        self.queued = queued
+        self.limit = limit
+        self.retry_after_s = retry_after_s

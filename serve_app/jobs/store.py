@@ -1,0 +1,391 @@
+"""The durable job store: what the ingress submits and reads, and what dispatchers claim and finish.
+
+Every state change is one guarded statement (``UPDATE ... WHERE status = ... [AND lease_owner = ...]``), so
+the outcome of a race is decided by the database on both backends: a job is claimed by one worker, and a
+worker that lost its lease (expired and requeued, or the job was cancelled) cannot complete or fail it.
+Times come from an injected clock (naive UTC) so that tests can move it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from serve_app.artifacts import ArtifactStore
+from serve_app.jobs import idempotency
+from serve_app.jobs.claiming import claim_statement
+from serve_app.jobs.models import BATCHES, JOBS
+from serve_app.jobs.records import (
+    JOB_STATUSES,
+    MAX_SEED,
+    BatchRecord,
+    JobPage,
+    JobRecord,
+    NewJob,
+    QueueFull,
+    Submission,
+)
+
+Clock = Callable[[], datetime]
+MAX_PAGE_SIZE = 200
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """``max_queued``: queued jobs beyond which submissions get QueueFull (a soft bound: concurrent submits
+    may pass it by their own size). ``default_deadline_s``: how long a job may wait to start (None: forever).
+    ``max_attempts``: claims before a job whose worker keeps vanishing is failed."""
+
+    max_queued: int = 1000
+    queue_full_retry_after_s: int = 10
+    default_deadline_s: float | None = 3600.0
+    max_attempts: int = 3
+    idempotency_ttl_s: float = 24 * 3600.0
+    idempotency_pending_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_queued < 1 or self.max_attempts < 1:
+            raise ValueError(f"max_queued and max_attempts must be at least 1, got {self.max_queued}, {self.max_attempts}")
+
+
+class JobStore:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        artifacts: ArtifactStore,
+        settings: StoreSettings | None = None,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._artifacts = artifacts
+        self.settings = settings or StoreSettings()
+        self._clock = clock
+        self._row_locks = engine.dialect.name == "postgresql"
+
+    def now(self) -> datetime:
+        """The store's clock (naive UTC), for timestamps that must agree with the rows'."""
+        return self._clock()
+
+    # ---- agent side -------------------------------------------------------------------------------------
+
+    async def submit(
+        self, agent: str, job: NewJob, *, idempotency_key: str | None = None, request_hash: str | None = None
+    ) -> Submission:
+        return await self._submit(agent, [job], False, idempotency_key, request_hash)
+
+    async def submit_batch(
+        self,
+        agent: str,
+        jobs: Sequence[NewJob],
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> Submission:
+        if not jobs:
+            raise ValueError("a batch needs at least one item")
+        return await self._submit(agent, list(jobs), True, idempotency_key, request_hash)
+
+    async def _submit(
+        self, agent: str, jobs: list[NewJob], as_batch: bool, key: str | None, request_hash: str | None
+    ) -> Submission:
+        if (key is None) != (request_hash is None):
+            raise ValueError("idempotency_key and request_hash go together")
+        now = self._clock()
+        # 1. Reserve the idempotency key (or replay the request that used it).
+        if key is not None and request_hash is not None:
+            done = await idempotency.reserve(
+                self._engine, agent, key, request_hash, now=now,
+                ttl_s=self.settings.idempotency_ttl_s,
+                pending_timeout_s=self.settings.idempotency_pending_timeout_s,
+            )  # fmt: skip
+            if done is not None:
+                return await self._replay(agent, done["job_id"], done["batch_id"])
+        batch_id = "batch_" + secrets.token_hex(16) if as_batch else None
+        rows = [self._new_row(agent, job, now, batch_id, index) for index, job in enumerate(jobs)]
+        written: list[str] = []
+        try:
+            # 2. Bound the queue before touching the disk.
+            queued = await self.count_queued()
+            if queued + len(rows) > self.settings.max_queued:
+                raise QueueFull(queued, self.settings.max_queued, self.settings.queue_full_retry_after_s)
+            # 3. Inputs first: a job row never points at a missing image.
+            await asyncio.to_thread(self._write_inputs, rows, jobs, written)
+            # 4. Batch, jobs and the idempotency record commit together.
+            async with self._engine.begin() as conn:
+                if batch_id is not None:
+                    await conn.execute(
+                        insert(BATCHES).values(id=batch_id, agent=agent, size=len(rows), created_at=now)
+                    )
+                await conn.execute(insert(JOBS), rows)
+                if key is not None:
+                    single = None if as_batch else rows[0]["id"]
+                    await idempotency.finish(conn, agent, key, job_id=single, batch_id=batch_id)
+        except BaseException:
+            for relpath in written:
+                self._artifacts.delete(relpath)
+            if key is not None:
+                await idempotency.release(self._engine, agent, key)
+            raise
+        return Submission(jobs=tuple(JobRecord(**row) for row in rows), batch_id=batch_id, replayed=False)
+
+    def _new_row(self, agent: str, job: NewJob, now: datetime, batch_id: str | None, index: int) -> dict[str, Any]:
+        job_id = "job_" + secrets.token_hex(16)
+        deadline_s = job.deadline_s if job.deadline_s is not None else self.settings.default_deadline_s
+        return {
+            "id": job_id, "agent": agent, "batch_id": batch_id, "batch_index": index,
+            "status": "queued", "stage": "queued", "progress": 0, "priority": job.priority,
+            # A drawn seed is stored like a given one, so the job can be reproduced.
+            "seed": job.seed if job.seed is not None else secrets.randbelow(MAX_SEED + 1),
+            "params": dict(job.params), "model": job.model,
+            "input_path": f"inputs/{job_id}.{job.image_format}",
+            "created_at": now, "started_at": None, "claimed_at": None, "finished_at": None,
+            "deadline_at": now + timedelta(seconds=deadline_s) if deadline_s is not None else None,
+            "lease_owner": None, "lease_expires_at": None, "attempts": 0,
+            "error_code": None, "error_message": None, "retryable": None,
+            "mesh_stats": None, "timings": None, "result_path": None,
+        }  # fmt: skip
+
+    def _write_inputs(self, rows: list[dict[str, Any]], jobs: list[NewJob], written: list[str]) -> None:
+        for row, job in zip(rows, jobs, strict=True):
+            self._artifacts.put_bytes(row["input_path"], job.image)
+            written.append(row["input_path"])
+
+    async def _replay(self, agent: str, job_id: str | None, batch_id: str | None) -> Submission:
+        if batch_id is not None:
+            batch = await self.get_batch(agent, batch_id)
+            jobs = batch.jobs if batch is not None else ()
+        else:
+            job = await self.get(agent, job_id) if job_id is not None else None
+            jobs = (job,) if job is not None else ()
+        return Submission(jobs=jobs, batch_id=batch_id, replayed=True)
+
+    async def get(self, agent: str, job_id: str) -> JobRecord | None:
+        """The job if it belongs to ``agent``; another agent's job is indistinguishable from a missing one."""
+        rows = await self._select(select(JOBS).where(JOBS.c.id == job_id, JOBS.c.agent == agent))
+        return rows[0] if rows else None
+
+    async def get_batch(self, agent: str, batch_id: str) -> BatchRecord | None:
+        async with self._engine.connect() as conn:
+            batch = (
+                await conn.execute(select(BATCHES).where(BATCHES.c.id == batch_id, BATCHES.c.agent == agent))
+            ).mappings().first()
+        if batch is None:
+            return None
+        jobs = await self._select(select(JOBS).where(JOBS.c.batch_id == batch_id).order_by(JOBS.c.batch_index))
+        return BatchRecord(id=batch["id"], agent=batch["agent"], created_at=batch["created_at"], jobs=tuple(jobs))
+
+    async def list(
+        self, agent: str, *, status: str | None = None, cursor: str | None = None, limit: int = 50
+    ) -> JobPage:
+        """The agent's jobs, newest first, ``limit`` per page; pass ``next_cursor`` back for the next page."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
+        stmt = select(JOBS).where(JOBS.c.agent == agent)
+        if status is not None:
+            if status not in JOB_STATUSES:
+                raise ValueError(f"status must be one of {list(JOB_STATUSES)}, got {status!r}")
+            stmt = stmt.where(JOBS.c.status == status)
+        if cursor is not None:
+            created_at, job_id = _decode_cursor(cursor)
+            stmt = stmt.where(
+                or_(JOBS.c.created_at < created_at, and_(JOBS.c.created_at == created_at, JOBS.c.id < job_id))
+            )
+        jobs = await self._select(stmt.order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc()).limit(limit + 1))
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return JobPage(jobs=tuple(jobs), next_cursor=_encode_cursor(jobs[-1]) if more else None)
+
+    async def cancel(self, agent: str, job_id: str) -> JobRecord | None:
+        """Cancel a queued or running job; returns the job as it now is (a finished one is left unchanged).
+
+        A running job is marked cancelled at once: its worker's completion is then refused, and the worker
+        notices at its next heartbeat and stops generating.
+        """
+        await self._execute(
+            update(JOBS)
+            .where(JOBS.c.id == job_id, JOBS.c.agent == agent, JOBS.c.status.in_(("queued", "running")))
+            .values(
+                status="cancelled", stage="cancelled", finished_at=self._clock(),
+                lease_owner=None, lease_expires_at=None,
+            )  # fmt: skip
+        )
+        return await self.get(agent, job_id)
+
+    async def count_queued(self) -> int:
+        async with self._engine.connect() as conn:
+            return (await conn.execute(select(func.count()).where(JOBS.c.status == "queued"))).scalar_one()
+
+    # ---- worker side ------------------------------------------------------------------------------------
+
+    async def claim(self, worker_id: str, limit: int, lease_s: float) -> list[JobRecord]:
+        """Claim up to ``limit`` queued jobs (fairness order in ``claiming``), leased for ``lease_s``."""
+        if limit < 1:
+            return []
+        stmt = claim_statement(
+            worker_id=worker_id, limit=limit, lease_s=lease_s, now=self._clock(), row_locks=self._row_locks
+        )
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        jobs = [JobRecord.from_row(row) for row in rows]
+        # RETURNING has no order; give callers a stable one.
+        return sorted(jobs, key=lambda j: (j.priority != "critical", j.created_at, j.batch_index, j.id))
+
+    async def heartbeat(self, worker_id: str, job_ids: Sequence[str], lease_s: float) -> set[str]:
+        """Extend the leases of ``job_ids``; returns those still running under this worker (a missing id was
+        cancelled, or requeued after the lease expired, and must be abandoned)."""
+        if not job_ids:
+            return set()
+        stmt = (
+            update(JOBS)
+            .where(JOBS.c.id.in_(list(job_ids)), *self._owned(worker_id))
+            .values(lease_expires_at=self._clock() + timedelta(seconds=lease_s))
+            .returning(JOBS.c.id)
+        )
+        async with self._engine.begin() as conn:
+            return set((await conn.execute(stmt)).scalars().all())
+
+    async def set_stage(self, job_id: str, worker_id: str, stage: str, progress: int) -> bool:
+        return await self._execute(
+            update(JOBS).where(JOBS.c.id == job_id, *self._owned(worker_id)).values(stage=stage, progress=progress)
+        ) == 1
+
+    async def complete(
+        self, job_id: str, worker_id: str, *, result_path: str, mesh_stats: dict[str, Any], timings: dict[str, Any]
+    ) -> bool:
+        """Mark the job succeeded; False (and nothing changes) unless this worker still holds it."""
+        return await self._execute(
+            update(JOBS)
+            .where(JOBS.c.id == job_id, *self._owned(worker_id))
+            .values(
+                status="succeeded", stage="done", progress=100, finished_at=self._clock(),
+                result_path=result_path, mesh_stats=mesh_stats, timings=timings,
+                lease_owner=None, lease_expires_at=None,
+            )  # fmt: skip
+        ) == 1
+
+    async def fail(
+        self,
+        job_id: str,
+        worker_id: str,
+        *,
+        code: str,
+        message: str,
+        retryable: bool,
+        timings: dict[str, Any] | None = None,
+    ) -> bool:
+        """Mark the job failed with an error; False unless this worker still holds it."""
+        return await self._execute(
+            update(JOBS)
+            .where(JOBS.c.id == job_id, *self._owned(worker_id))
+            .values(
+                status="failed", stage="failed", finished_at=self._clock(),
+                error_code=code, error_message=message, retryable=retryable, timings=timings,
+                lease_owner=None, lease_expires_at=None,
+            )  # fmt: skip
+        ) == 1
+
+    async def release(self, job_id: str, worker_id: str) -> bool:
+        """Put a held job back in the queue without counting the attempt (graceful shutdown)."""
+        return await self._execute(
+            update(JOBS)
+            .where(JOBS.c.id == job_id, *self._owned(worker_id))
+            .values(_requeued_values(attempts=JOBS.c.attempts - 1))
+        ) == 1
+
+    async def expire_overdue(self) -> list[str]:
+        """Expire queued jobs that were never started and are past their deadline; returns their ids."""
+        now = self._clock()
+        stmt = (
+            update(JOBS)
+            .where(JOBS.c.status == "queued", JOBS.c.attempts == 0, JOBS.c.deadline_at < now)
+            .values(
+                status="expired", stage="expired", finished_at=now, error_code="deadline_exceeded",
+                error_message="the job was not started before its deadline", retryable=True,
+            )  # fmt: skip
+            .returning(JOBS.c.id)
+        )
+        async with self._engine.begin() as conn:
+            return list((await conn.execute(stmt)).scalars().all())
+
+    async def requeue_expired_leases(self) -> tuple[list[str], list[str]]:
+        """Recover jobs whose worker stopped renewing its lease (crash, restart, partition).
+
+        Returns (requeued ids, failed ids): a job with attempts left goes back to the queue; one that
+        already used ``max_attempts`` fails with ``worker_lost`` rather than crash-looping the fleet.
+        """
+        now = self._clock()
+        max_attempts = self.settings.max_attempts
+        lost = (JOBS.c.status == "running", JOBS.c.lease_expires_at < now)
+        give_up = (
+            update(JOBS)
+            .where(*lost, JOBS.c.attempts >= max_attempts)
+            .values(
+                status="failed", stage="failed", finished_at=now, error_code="worker_lost",
+                error_message=f"the worker running this job stopped responding {max_attempts} times; giving up",
+                retryable=True, lease_owner=None, lease_expires_at=None,
+            )  # fmt: skip
+            .returning(JOBS.c.id)
+        )
+        requeue = (
+            update(JOBS)
+            .where(*lost, JOBS.c.attempts < max_attempts)
+            .values(_requeued_values(attempts=JOBS.c.attempts))
+            .returning(JOBS.c.id)
+        )
+        async with self._engine.begin() as conn:
+            failed = list((await conn.execute(give_up)).scalars().all())
+            requeued = list((await conn.execute(requeue)).scalars().all())
+        return requeued, failed
+
+    async def purge_idempotency_keys(self) -> int:
+        return await idempotency.purge(self._engine, now=self._clock(), ttl_s=self.settings.idempotency_ttl_s)
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _owned(worker_id: str) -> tuple[Any, ...]:
+        return (JOBS.c.status == "running", JOBS.c.lease_owner == worker_id)
+
+    async def _select(self, stmt: Any) -> list[JobRecord]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [JobRecord.from_row(row) for row in rows]
+
+    async def _execute(self, stmt: Any) -> int:
+        async with self._engine.begin() as conn:
+            return (await conn.execute(stmt)).rowcount
+
+
+def _requeued_values(*, attempts: Any) -> dict[str, Any]:
+    return {
+        "status": "queued", "stage": "queued", "progress": 0, "attempts": attempts,
+        "lease_owner": None, "lease_expires_at": None,
+    }  # fmt: skip
+
+
+def _encode_cursor(job: JobRecord) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), str(job_id)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page") from exc

@@ -1,0 +1,37 @@
+"""Fixtures of the job tests: a fresh schema on each backend (``db_url``), artifacts in a temp dir."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from serve_app.artifacts import ArtifactStore
+from serve_app.db import create_schema, make_engine
+from serve_app.jobs import JobStore, StoreSettings
+from tests.jobs.helpers import ManualClock
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(db_url)
+    await create_schema(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(tmp_path / "data")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(engine: AsyncEngine, artifacts: ArtifactStore, clock: ManualClock) -> JobStore:
+    return JobStore(engine, artifacts, StoreSettings(max_queued=20, default_deadline_s=600), clock=clock)
