@@ -1,0 +1,64 @@
+"""Dev mode (the embedded default): make the service usable on a fresh machine without any setup.
+
+On first start it creates a master key file and a development agent key, and writes the key for the
+agent to `<data_dir>/dev-agent.json` (mode 0600). Production configs never run this: keys come from
+`orfeas keys create`, the master key from the environment or a secrets file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from serve_app.auth.crypto import generate_master_key, load_master_key
+from serve_app.auth.keys import KeyStore
+from serve_app.config import AppConfig
+
+logger = logging.getLogger("orfeas.dev")
+
+DEV_AGENT = "dev-agent"
+DEV_SCOPES = ("jobs:read", "jobs:write", "jobs:critical")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Create or replace ``path`` readable by the owner only (never world-readable, not even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(temp, path)
+
+
+async def prepare_dev_mode(config: AppConfig, engine: AsyncEngine) -> AppConfig:
+    """Returns the config with the dev master key file in place; creates the dev agent key if needed."""
+    auth = config.auth
+    if auth.master_key_file is None and not os.environ.get(auth.master_key_env):
+        key_file = config.dev_master_key_file
+        if not key_file.exists():
+            write_private(key_file, generate_master_key())
+            logger.warning("dev mode: created master key %s (production reads it from the environment)", key_file)
+        config = config.model_copy(update={"auth": auth.model_copy(update={"master_key_file": key_file})})
+    keys = KeyStore(engine, load_master_key(config.auth), env="dev")
+    if await _dev_key_still_valid(config.dev_key_file, keys):
+        return config
+    material = await keys.create(DEV_AGENT, scopes=DEV_SCOPES)
+    write_private(
+        config.dev_key_file,
+        json.dumps({"key_id": material.info.key_id, "secret": material.secret_b64(), "url": config.public_url}, indent=2)
+        + "\n",
+    )
+    logger.warning("dev mode: created agent key %s in %s", material.info.key_id, config.dev_key_file)
+    return config
+
+
+async def _dev_key_still_valid(path: Path, keys: KeyStore) -> bool:
+    try:
+        key_id = json.loads(path.read_text())["key_id"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return (await keys.lookup(key_id)).status == "active"

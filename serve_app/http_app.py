@@ -1,0 +1,24 @@
+"""The Starlette app of the ingress: routes, signature middleware, error shape, request ids."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.types import ASGIApp
+
+from serve_app.auth.middleware import auth_middleware
+from serve_app.auth.request_id import RequestIdMiddleware
+from serve_app.errors import exception_handlers
+from serve_app.routes import ROUTES
+from serve_app.service import AgentService
+
+
+def build_http_app(service: AgentService) -> ASGIApp:
+    """Request ids outermost (every response carries one, 500s included); the auth middleware inside
+    Starlette's stack so a handler's ScopeDenied becomes a logged 403."""
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[auth_middleware(service.engine, service.config.auth, service.master_key)],
+        exception_handlers=exception_handlers(),  # type: ignore[arg-type]
+    )
+    app.state.service = service
+    return RequestIdMiddleware(app)

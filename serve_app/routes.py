@@ -1,0 +1,252 @@
+"""HTTP handlers of the agent API. Every `/api/agent/*` route runs behind the signature middleware; the
+handlers see the authenticated principal and only ever that agent's jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from serve_app.artifacts import CONTENT_TYPES, MESH_FORMATS
+from serve_app.auth.principal import Principal, require_scope
+from serve_app.errors import ApiError, not_found
+from serve_app.jobs import (
+    JOB_STATUSES,
+    IdempotencyConflict,
+    IdempotencyInProgress,
+    JobRecord,
+    QueueFull,
+    Submission,
+    request_fingerprint,
+)
+from serve_app.requests import API_PARAMS, parse_batch, parse_job, read_body
+from serve_app.service import AgentService
+from serve_app.views import batch_view, job_url, job_view
+
+MAX_IDEMPOTENCY_KEY = 255
+SSE_POLL_S = 0.5
+
+
+def _service(request: Request) -> AgentService:
+    return request.app.state.service
+
+
+async def _submit(request: Request, principal: Principal, jobs: list, as_batch: bool) -> Submission:
+    service = _service(request)
+    key = request.headers.get("idempotency-key")
+    fingerprint = None
+    if key is not None:
+        if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise ApiError(400, "invalid_idempotency_key", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+        # same key + same method, path and body bytes == the same request
+        fingerprint = request_fingerprint(request.method, request.url.path, await request.body())
+    try:
+        if as_batch:
+            submission = await service.store.submit_batch(
+                principal.agent, jobs, idempotency_key=key, request_hash=fingerprint
+            )
+        else:
+            submission = await service.store.submit(principal.agent, jobs[0], idempotency_key=key, request_hash=fingerprint)
+    except QueueFull as exc:
+        raise ApiError(503, "queue_full", str(exc), retryable=True, headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except IdempotencyConflict as exc:
+        raise ApiError(422, "idempotency_key_reused", str(exc)) from None
+    except IdempotencyInProgress as exc:
+        raise ApiError(409, "idempotency_key_in_use", str(exc), retryable=True) from None
+    service.dispatcher.notify()
+    return submission
+
+
+def _replay_headers(submission: Submission) -> dict[str, str]:
+    return {"Idempotent-Replayed": "true"} if submission.replayed else {}
+
+
+async def create_job(request: Request) -> Response:
+    principal = require_scope(request, "jobs:write")
+    job = parse_job(await read_body(request), _service(request).config)
+    if job.priority == "critical":
+        require_scope(request, "jobs:critical")
+    submission = await _submit(request, principal, [job], as_batch=False)
+    record = submission.jobs[0]
+    headers = {"Location": job_url(record.id), **_replay_headers(submission)}
+    return JSONResponse(job_view(record), status_code=202, headers=headers)
+
+
+async def create_batch(request: Request) -> Response:
+    principal = require_scope(request, "jobs:write")
+    jobs = parse_batch(await read_body(request), _service(request).config)
+    if jobs[0].priority == "critical":
+        require_scope(request, "jobs:critical")
+    submission = await _submit(request, principal, jobs, as_batch=True)
+    body = {
+        "batch_id": submission.batch_id,
+        "status_url": f"/api/agent/batches/{submission.batch_id}",
+        "jobs": [job_view(job) for job in submission.jobs],
+    }
+    return JSONResponse(body, status_code=202, headers=_replay_headers(submission))
+
+
+async def _own_job(request: Request, principal: Principal) -> JobRecord:
+    job_id = request.path_params["job_id"]
+    job = await _service(request).store.get(principal.agent, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+def _wait_seconds(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0.0
+    limit = _service(request).config.limits.max_wait_s
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(422, "invalid_wait", f"'wait' must be a number of seconds (0-{limit})") from None
+    if not 0 <= value <= limit:
+        raise ApiError(422, "invalid_wait", f"'wait' must be between 0 and {limit} seconds")
+    return value
+
+
+async def get_job(request: Request) -> Response:
+    """`?wait=N` long-polls up to N seconds for the job to finish (a convenience over re-polling)."""
+    principal = require_scope(request, "jobs:read")
+    wait = _wait_seconds(request)
+    job = await _own_job(request, principal)
+    deadline = time.monotonic() + wait
+    while not job.terminal and time.monotonic() < deadline:
+        await asyncio.sleep(min(SSE_POLL_S, max(0.0, deadline - time.monotonic())))
+        job = await _own_job(request, principal)
+    return JSONResponse(job_view(job))
+
+
+async def list_jobs(request: Request) -> Response:
+    principal = require_scope(request, "jobs:read")
+    service = _service(request)
+    status = request.query_params.get("status")
+    if status is not None and status not in JOB_STATUSES:
+        raise ApiError(422, "invalid_status", f"'status' must be one of {list(JOB_STATUSES)}")
+    max_page = service.config.limits.max_list_page
+    try:
+        limit = int(request.query_params.get("limit", "50"))
+    except ValueError:
+        raise ApiError(422, "invalid_limit", f"'limit' must be an integer between 1 and {max_page}") from None
+    if not 1 <= limit <= max_page:
+        raise ApiError(422, "invalid_limit", f"'limit' must be between 1 and {max_page}")
+    try:
+        page = await service.store.list(
+            principal.agent, status=status, cursor=request.query_params.get("cursor"), limit=limit
+        )
+    except ValueError:
+        raise ApiError(400, "invalid_cursor", "'cursor' is not one this API returned") from None
+    return JSONResponse({"jobs": [job_view(job) for job in page.jobs], "next_cursor": page.next_cursor})
+
+
+async def cancel_job(request: Request) -> Response:
+    principal = require_scope(request, "jobs:write")
+    job = await _own_job(request, principal)
+    if job.terminal and job.status != "cancelled":
+        raise ApiError(409, "job_finished", f"job {job.id} already {job.status}; nothing to cancel")
+    cancelled = await _service(request).store.cancel(principal.agent, job.id)
+    assert cancelled is not None  # it is ours and existed a moment ago; rows are never deleted
+    if cancelled.status != "cancelled":  # it finished in the meantime
+        raise ApiError(409, "job_finished", f"job {job.id} already {cancelled.status}; nothing to cancel")
+    return JSONResponse(job_view(cancelled))
+
+
+async def job_result(request: Request) -> Response:
+    principal = require_scope(request, "jobs:read")
+    fmt = request.query_params.get("format", "glb")
+    if fmt not in MESH_FORMATS:
+        raise ApiError(422, "invalid_format", f"'format' must be one of {list(MESH_FORMATS)}")
+    job = await _own_job(request, principal)
+    if job.status != "succeeded" or job.result_path is None:
+        raise ApiError(409, "result_not_ready", f"job {job.id} is {job.status}; results exist once it succeeded",
+                       retryable=job.status in ("queued", "running"))
+    # converting GLB to another format the first time is CPU work: keep it off the event loop
+    path = await asyncio.to_thread(_service(request).artifacts.mesh_file, job.result_path, fmt)
+    return FileResponse(path, media_type=CONTENT_TYPES[fmt], filename=f"{job.id}.{fmt}")
+
+
+async def job_events(request: Request) -> Response:
+    """Server-sent events: one `job` event per change of status, stage or progress, until it finishes.
+
+    Reads the shared store (not one replica's memory), so it works whichever replica runs the job."""
+    principal = require_scope(request, "jobs:read")
+    job = await _own_job(request, principal)
+
+    async def stream() -> AsyncIterator[str]:
+        current, last = job, None
+        while True:
+            state = (current.status, current.stage, current.progress)
+            if state != last:
+                yield f"event: job\ndata: {json.dumps(job_view(current))}\n\n"
+                last = state
+            if current.terminal or await request.is_disconnected():
+                return
+            await asyncio.sleep(SSE_POLL_S)
+            current = await _own_job(request, principal)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
+async def get_batch(request: Request) -> Response:
+    principal = require_scope(request, "jobs:read")
+    batch_id = request.path_params["batch_id"]
+    batch = await _service(request).store.get_batch(principal.agent, batch_id)
+    if batch is None:
+        raise not_found("batch", batch_id)
+    return JSONResponse(batch_view(batch))
+
+
+async def capabilities(request: Request) -> Response:
+    require_scope(request, "jobs:read")
+    config = _service(request).config
+    limits = config.limits
+    return JSONResponse({
+        "models": [{"name": config.model_name, "default": True}],
+        "params": {
+            "settable": list(API_PARAMS),
+            "defaults": config.defaults.model_dump(),
+            "num_inference_steps": {"min": 1, "max": limits.max_inference_steps},
+            "guidance_scale": {"min": 0.0, "max": limits.max_guidance_scale},
+            "octree_resolution": {"min": limits.min_octree_resolution, "max": limits.max_octree_resolution},
+        },
+        "priorities": ["normal", "critical"],
+        "formats": list(MESH_FORMATS),
+        "image": {"formats": ["png", "jpeg", "webp"], "max_bytes": limits.max_image_bytes,
+                  "max_pixels": limits.max_image_pixels, "min_side": limits.min_image_side},
+        "limits": {"max_batch_items": limits.max_batch_items, "max_list_page": limits.max_list_page,
+                   "max_wait_s": limits.max_wait_s, "max_queued_jobs": config.jobs.max_queued,
+                   "max_body_bytes": config.auth.max_body_bytes},
+    })  # fmt: skip
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    if await _service(request).ready():
+        return JSONResponse({"status": "ready"})
+    raise ApiError(503, "not_ready", "the job database is not reachable", retryable=True, headers={"Retry-After": "5"})
+
+
+ROUTES = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/api/agent/capabilities", capabilities, methods=["GET"]),
+    Route("/api/agent/jobs", create_job, methods=["POST"]),
+    Route("/api/agent/jobs", list_jobs, methods=["GET"]),
+    Route("/api/agent/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/api/agent/jobs/{job_id}", cancel_job, methods=["DELETE"]),
+    Route("/api/agent/jobs/{job_id}/result", job_result, methods=["GET"]),
+    Route("/api/agent/jobs/{job_id}/events", job_events, methods=["GET"]),
+    Route("/api/agent/batches", create_batch, methods=["POST"]),
+    Route("/api/agent/batches/{batch_id}", get_batch, methods=["GET"]),
+]
