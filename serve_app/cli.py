@@ -8,15 +8,64 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+
+DEFAULT_SCOPES = ["jobs:read", "jobs:write"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     from deployments.generate_command import add_generate_parser
+    from serve_app.auth.cli import add_keys_parser
 
     parser = argparse.ArgumentParser(prog="orfeas", description="ORFEAS serve: images to 3D meshes for agents")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_generate_parser(subparsers)
+    keys = add_keys_parser(subparsers)
+    keys.add_argument("--data-dir", type=Path, default=Path(".orfeas"), help="the service's data directory")
+    keys.add_argument("--database-url", help="default: the SQLite file in the data directory")
+    keys.add_argument(
+        "--master-key-file", type=Path,
+        help="default: $ORFEAS_MASTER_KEY, else <data-dir>/master.key (the dev-mode key)",
+    )  # fmt: skip
     return parser
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    """Resolve the database and master key the way the service does, then run the keys subcommand."""
+    import asyncio
+    import os
+
+    from serve_app.auth.cli import run_keys_command
+    from serve_app.auth.crypto import MasterKeyError, load_master_key
+    from serve_app.auth.settings import AuthSettings
+    from serve_app.config import AppConfig
+
+    config = AppConfig(data_dir=args.data_dir, database_url=args.database_url)
+    key_file = args.master_key_file
+    if key_file is None and not os.environ.get(AuthSettings().master_key_env) and config.dev_master_key_file.exists():
+        key_file = config.dev_master_key_file
+    try:
+        master_key = load_master_key(AuthSettings(master_key_file=key_file))
+    except MasterKeyError as exc:
+        print(f"orfeas keys: error: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "keys_command", None) == "create" and not args.scopes:
+        args.scopes = list(DEFAULT_SCOPES)
+
+    async def run() -> int:
+        import serve_app.auth.keys  # noqa: F401  (registers the table)
+        from serve_app.db import create_schema, make_engine
+
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(config.resolved_database_url)
+        try:
+            await create_schema(engine)
+            return await run_keys_command(args, database_url=config.resolved_database_url, master_key=master_key)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"orfeas generate: error: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "keys":
+        return run_keys(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
     return 2
 
