@@ -22,12 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_generate_parser(subparsers)
     keys = add_keys_parser(subparsers)
-    keys.add_argument("--data-dir", type=Path, default=Path(".orfeas"), help="the service's data directory")
-    keys.add_argument("--database-url", help="default: the SQLite file in the data directory")
-    keys.add_argument(
-        "--master-key-file", type=Path,
-        help="default: $ORFEAS_MASTER_KEY, else <data-dir>/master.key (the dev-mode key)",
-    )  # fmt: skip
+    # where the keys live: the same resolution as the service, on every keys subcommand
+    for action in keys._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument("--data-dir", type=Path, default=Path(".orfeas"), help="the service's data directory")
+                command.add_argument("--database-url", help="default: the SQLite file in the data directory")
+                command.add_argument(
+                    "--master-key-file", type=Path,
+                    help="default: $ORFEAS_MASTER_KEY, else <data-dir>/master.key (the dev-mode key)",
+                )  # fmt: skip
     return parser
 
 
