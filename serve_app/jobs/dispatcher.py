@@ -218,7 +218,7 @@ class Dispatcher:
         """The model call and the mesh file; None when the job stopped being ours before the export."""
         image = await asyncio.to_thread(self._artifacts.read_bytes, job.input_path)
         started = time.perf_counter()
-        result = await self._generate(GenerationRequest(job.id, image, job.seed, dict(job.params), job.model))
+        result = await self._generate(GenerationRequest(job.id, image, job.seed, dict(job.params), job.model, job.priority))
         timings["generate_s"] = time.perf_counter() - started
         if result.timings:
             timings["model"] = dict(result.timings)

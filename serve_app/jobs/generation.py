@@ -23,6 +23,8 @@ class GenerationRequest:
     seed: int
     params: dict[str, Any]
     model: str
+    # "critical" jobs skip the model's batch window (see deployments/shape_generator.py)
+    priority: str = "normal"
 
 
 @dataclass(frozen=True)
