@@ -16,6 +16,7 @@ DEFAULT_SCOPES = ["jobs:read", "jobs:write"]
 
 def build_parser() -> argparse.ArgumentParser:
     from deployments.generate_command import add_generate_parser
+    from serve_app.agent_cli import add_agent_parser
     from serve_app.auth.cli import add_keys_parser
 
     parser = argparse.ArgumentParser(prog="orfeas", description="ORFEAS serve: images to 3D meshes for agents")
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--master-key-file", type=Path,
                     help="default: $ORFEAS_MASTER_KEY, else <data-dir>/master.key (the dev-mode key)",
                 )  # fmt: skip
+    add_agent_parser(subparsers)
     return parser
 
 
@@ -86,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "keys":
         return run_keys(args)
+    if args.command == "agent":
+        from serve_app.agent_cli import run_agent
+
+        return run_agent(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
     return 2
 

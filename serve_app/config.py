@@ -74,7 +74,7 @@ class AppConfig(BaseModel):
     database_url: str | None = None
     # where agents reach the API (written into the dev key file; used for nothing security-relevant)
     public_url: str = "http://127.0.0.1:8000"
-    # the model name jobs are recorded with and capabilities report
+    # the model name jobs are recorded with and capabilities report (the builder fills in the generator's)
     model_name: str = "hunyuan3d-dit-v2-0"
     defaults: DefaultParams = DefaultParams()
     limits: ApiLimits = ApiLimits()

@@ -12,13 +12,16 @@ from serve_app.routes import ROUTES
 from serve_app.service import AgentService
 
 
-def build_http_app(service: AgentService) -> ASGIApp:
+def build_http_app(service: AgentService, *, behind_serve_proxy: bool = False) -> ASGIApp:
     """Request ids outermost (every response carries one, 500s included); the auth middleware inside
-    Starlette's stack so a handler's ScopeDenied becomes a logged 403."""
+    Starlette's stack so a handler's ScopeDenied becomes a logged 403.
+
+    Behind Ray Serve's proxy the request already carries the proxy's X-Request-ID (the client's, if it
+    sent one) and the proxy echoes it on the response, so we use that id and leave the echo to it."""
     app = Starlette(
         routes=ROUTES,
         middleware=[auth_middleware(service.engine, service.config.auth, service.master_key)],
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
     )
     app.state.service = service
-    return RequestIdMiddleware(app)
+    return RequestIdMiddleware(app, echo_header=not behind_serve_proxy)

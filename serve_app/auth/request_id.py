@@ -41,14 +41,19 @@ class RequestIdMiddleware:
     Handlers read it as ``request.state.request_id``.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, echo_header: bool = True) -> None:
         self.app = app
+        # Ray Serve's proxy already echoes the id it put on the request; a second header line would repeat it
+        self.echo_header = echo_header
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = request_id_of(scope)
+        if not self.echo_header:
+            await self.app(scope, receive, send)
+            return
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -1,0 +1,116 @@
+"""``orfeas agent submit|status|list|cancel|download``: try the service from a shell, as an agent would.
+
+A thin layer over :class:`serve_app.client.AgentClient`: JSON results on stdout, one-line errors on
+stderr with exit status 1. Like the SDK it needs neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serve_app.client import DEFAULT_KEY_FILE, AgentClient, ApiRequestError
+
+FORMATS = ("glb", "obj", "stl", "ply")
+
+
+def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``agent`` with its subcommands to the main CLI's ``add_subparsers()`` object."""
+    agent: argparse.ArgumentParser = subparsers.add_parser("agent", help="call the agent API with an agent key")
+    # on each subcommand (not on `agent`), so they may follow the subcommand: `orfeas agent list --url ...`
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--key-file", type=Path, default=DEFAULT_KEY_FILE,
+                        help=f"JSON {{key_id, secret, url}} (default {DEFAULT_KEY_FILE}, written by dev mode)")
+    common.add_argument("--url", help="API base URL; default: the key file's url")  # fmt: skip
+    commands = agent.add_subparsers(dest="agent_command", required=True)
+
+    submit = commands.add_parser("submit", parents=[common], help="submit one job per image")
+    submit.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG, JPEG or WebP files")
+    submit.add_argument("--seed", type=int, metavar="S", help="seed of every job (default: the server picks one per job)")
+    submit.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N", help="denoising steps")
+    submit.add_argument("--octree-resolution", type=int, metavar="R", help="mesh extraction grid resolution")
+    submit.add_argument("--guidance-scale", type=float, metavar="G", help="classifier-free guidance scale")
+    submit.add_argument("--priority", choices=("normal", "critical"), default="normal")
+    submit.add_argument("--wait", action="store_true", help="wait for the jobs and download their meshes")
+    submit.add_argument("--out", type=Path, help="where --wait writes meshes (default: .); implies --wait")
+    submit.add_argument("--format", choices=FORMATS, default="glb", help="mesh format to download (default glb)")
+    submit.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits per job (default 600)")
+
+    status = commands.add_parser("status", parents=[common], help="show a job")
+    status.add_argument("job_id")
+    listing = commands.add_parser("list", parents=[common], help="list your jobs, newest first")
+    listing.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled", "expired"))
+    listing.add_argument("--limit", type=int, default=50, help="page size (default 50)")
+    listing.add_argument("--cursor", help="next_cursor of the previous page")
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+    download = commands.add_parser("download", parents=[common], help="download a finished job's mesh")
+    download.add_argument("job_id")
+    download.add_argument("--format", choices=FORMATS, default="glb")
+    download.add_argument("--out", type=Path, help="file to write (default: <job_id>.<format>)")
+    return agent
+
+
+def _submit(client: AgentClient, args: argparse.Namespace) -> tuple[Any, int]:
+    """Submit every image first (so they queue together), then wait for and download each in turn."""
+    params = {name: getattr(args, name) for name in ("num_inference_steps", "octree_resolution", "guidance_scale")}
+    params = {name: value for name, value in params.items() if value is not None}
+    jobs = [
+        client.submit(image, seed=args.seed, params=params or None, priority=args.priority) for image in args.images
+    ]
+    results: list[dict[str, Any]] = [{"image": str(image), "job": job} for image, job in zip(args.images, jobs)]
+    if not (args.wait or args.out is not None):
+        return results, 0
+    out = args.out or Path(".")
+    out.mkdir(parents=True, exist_ok=True)
+    status = 0
+    for result in results:
+        job = result["job"] = client.wait(result["job"]["job_id"], timeout=args.timeout)
+        if job["status"] == "succeeded":
+            path = out / f"{Path(result['image']).stem}-{job['job_id']}.{args.format}"
+            client.download(job["job_id"], args.format, path=path)
+            result["file"] = str(path)
+        else:
+            error = job["error"] or {}
+            print(f"orfeas agent: job {job['job_id']} {job['status']}: {error.get('code', '')} "
+                  f"{error.get('message', '')}".rstrip(), file=sys.stderr)  # fmt: skip
+            status = 1
+    return results, status
+
+
+def _run(client: AgentClient, args: argparse.Namespace) -> tuple[Any, int]:
+    command = args.agent_command
+    if command == "submit":
+        return _submit(client, args)
+    if command == "status":
+        return client.get(args.job_id), 0
+    if command == "list":
+        return client.list(status=args.status, limit=args.limit, cursor=args.cursor), 0
+    if command == "cancel":
+        return client.cancel(args.job_id), 0
+    if command == "download":
+        path = args.out or Path(f"{args.job_id}.{args.format}")
+        data = client.download(args.job_id, args.format, path=path)
+        return {"job_id": args.job_id, "format": args.format, "path": str(path), "bytes": len(data)}, 0
+    raise ValueError(f"unknown agent command {command!r}")  # pragma: no cover - argparse rejects it first
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    """Run one ``agent`` subcommand; returns the process exit status."""
+    try:
+        with AgentClient.from_key_file(args.key_file, base_url=args.url) as client:
+            result, status = _run(client, args)
+    except ApiRequestError as exc:
+        request = f" (request_id {exc.request_id})" if exc.request_id else ""
+        print(f"orfeas agent: error: {exc}{request}", file=sys.stderr)
+        return 1
+    except (httpx.HTTPError, OSError, ValueError, TimeoutError) as exc:
+        print(f"orfeas agent: error: {str(exc) or type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return status
