@@ -1,7 +1,8 @@
 """``orfeas agent submit|status|list|cancel|download``: try the service from a shell, as an agent would.
 
 A thin layer over :class:`serve_app.client.AgentClient`: JSON results on stdout, one-line errors on
-stderr with exit status 1. Like the SDK it needs neither Ray nor torch.
+stderr with exit status 1. Like the SDK it needs neither Ray nor torch; building the parser imports only
+argparse, so `orfeas --help` stays fast (the SDK and httpx load when a command runs).
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from serve_app.client import DEFAULT_KEY_FILE, AgentClient, ApiRequestError
+if TYPE_CHECKING:
+    from serve_app.client import AgentClient
 
 FORMATS = ("glb", "obj", "stl", "ply")
 
@@ -24,14 +24,15 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     agent: argparse.ArgumentParser = subparsers.add_parser("agent", help="call the agent API with an agent key")
     # on each subcommand (not on `agent`), so they may follow the subcommand: `orfeas agent list --url ...`
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--key-file", type=Path, default=DEFAULT_KEY_FILE,
-                        help=f"JSON {{key_id, secret, url}} (default {DEFAULT_KEY_FILE}, written by dev mode)")
-    common.add_argument("--url", help="API base URL; default: the key file's url")  # fmt: skip
+    common.add_argument(
+        "--key-file", type=Path, help="JSON {key_id, secret, url} (default .orfeas/dev-agent.json, written by dev mode)"
+    )
+    common.add_argument("--url", help="API base URL; default: the key file's url")
     commands = agent.add_subparsers(dest="agent_command", required=True)
 
     submit = commands.add_parser("submit", parents=[common], help="submit one job per image")
     submit.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG, JPEG or WebP files")
-    submit.add_argument("--seed", type=int, metavar="S", help="seed of every job (default: the server picks one per job)")
+    submit.add_argument("--seed", type=int, metavar="S", help="seed of every job (default: one drawn per job)")
     submit.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N", help="denoising steps")
     submit.add_argument("--octree-resolution", type=int, metavar="R", help="mesh extraction grid resolution")
     submit.add_argument("--guidance-scale", type=float, metavar="G", help="classifier-free guidance scale")
@@ -76,9 +77,9 @@ def _submit(client: AgentClient, args: argparse.Namespace) -> tuple[Any, int]:
             client.download(job["job_id"], args.format, path=path)
             result["file"] = str(path)
         else:
-            error = job["error"] or {}
-            print(f"orfeas agent: job {job['job_id']} {job['status']}: {error.get('code', '')} "
-                  f"{error.get('message', '')}".rstrip(), file=sys.stderr)  # fmt: skip
+            error = job["error"]
+            reason = f": {error['code']}: {error['message']}" if error else ""
+            print(f"orfeas agent: job {job['job_id']} {job['status']}{reason}", file=sys.stderr)
             status = 1
     return results, status
 
@@ -102,8 +103,12 @@ def _run(client: AgentClient, args: argparse.Namespace) -> tuple[Any, int]:
 
 def run_agent(args: argparse.Namespace) -> int:
     """Run one ``agent`` subcommand; returns the process exit status."""
+    import httpx
+
+    from serve_app.client import DEFAULT_KEY_FILE, AgentClient, ApiRequestError
+
     try:
-        with AgentClient.from_key_file(args.key_file, base_url=args.url) as client:
+        with AgentClient.from_key_file(args.key_file or DEFAULT_KEY_FILE, base_url=args.url) as client:
             result, status = _run(client, args)
     except ApiRequestError as exc:
         request = f" (request_id {exc.request_id})" if exc.request_id else ""

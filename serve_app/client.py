@@ -112,7 +112,9 @@ class AgentClient:
 
     ``max_retries`` applies to submissions that carry an idempotency key only: those are safe to resend,
     so retryable errors (queue full, rate limited, a request still in flight) and connection failures are
-    retried, waiting for Retry-After when the server gives one. ``sleep`` exists for tests.
+    retried, waiting for Retry-After when the server gives one. A Retry-After longer than
+    ``max_retry_wait_s`` is raised at once rather than slept through (an auth backoff can last minutes).
+    ``sleep`` exists for tests.
     """
 
     def __init__(
@@ -125,12 +127,14 @@ class AgentClient:
         transport: httpx.BaseTransport | None = None,
         max_retries: int = 3,
         retry_backoff_s: float = 1.0,
+        max_retry_wait_s: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
+        self.max_retry_wait_s = max_retry_wait_s
         self._sleep = sleep
         self._max_wait_s: float | None = None
         self._http = httpx.Client(
@@ -138,8 +142,9 @@ class AgentClient:
         )
 
     @classmethod
-    def from_key_file(cls, path: str | os.PathLike[str] = DEFAULT_KEY_FILE, base_url: str | None = None,
-                      **kwargs: Any) -> AgentClient:  # fmt: skip
+    def from_key_file(
+        cls, path: str | os.PathLike[str] = DEFAULT_KEY_FILE, base_url: str | None = None, **kwargs: Any
+    ) -> AgentClient:
         """A client from a key file ``{"key_id", "secret", "url"}`` (dev mode writes ``.orfeas/dev-agent.json``)."""
         try:
             data = json.loads(Path(path).read_text())
@@ -188,9 +193,9 @@ class AgentClient:
             try:
                 return self._request("POST", path, content=content, headers=headers).json()
             except ApiRequestError as exc:
-                if attempt == retries or not exc.retryable:
-                    raise
                 delay = exc.retry_after
+                if attempt == retries or not exc.retryable or (delay or 0.0) > self.max_retry_wait_s:
+                    raise
             except httpx.TransportError:
                 if attempt == retries:
                     raise

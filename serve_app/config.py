@@ -74,6 +74,8 @@ class AppConfig(BaseModel):
     database_url: str | None = None
     # where agents reach the API (written into the dev key file; used for nothing security-relevant)
     public_url: str = "http://127.0.0.1:8000"
+    # every auth decision is also appended here, one JSON object per line (relative to data_dir; null: off)
+    auth_audit_file: str | None = "auth-audit.jsonl"
     # the model name jobs are recorded with and capabilities report (the builder fills in the generator's)
     model_name: str = "hunyuan3d-dit-v2-0"
     defaults: DefaultParams = DefaultParams()
@@ -88,6 +90,10 @@ class AppConfig(BaseModel):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def auth_audit_path(self) -> Path | None:
+        return None if self.auth_audit_file is None else self.data_dir / self.auth_audit_file
 
     @property
     def dev_key_file(self) -> Path:

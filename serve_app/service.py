@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,6 +27,18 @@ from serve_app.jobs import Dispatcher, DispatcherSettings, GenerateFn, JobStore,
 logger = logging.getLogger("orfeas.service")
 
 
+def attach_audit_file(path: Path) -> None:
+    """Append the ``orfeas.auth`` decision lines (already JSON) to ``path``, once per process and file."""
+    audit = logging.getLogger("orfeas.auth")
+    target = str(path.resolve())
+    if any(getattr(h, "baseFilename", None) == target for h in audit.handlers):
+        return
+    handler = logging.FileHandler(target, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
+
+
 @dataclass
 class AgentService:
     config: AppConfig
@@ -41,6 +54,8 @@ class AgentService:
         """1. dev-mode bootstrap, 2. schema, 3. stores, 4. the dispatcher (claims queued jobs at once, so
         jobs left by a previous run resume)."""
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        if config.auth_audit_path is not None:
+            attach_audit_file(config.auth_audit_path)
         engine = make_engine(config.resolved_database_url)
         await create_schema(engine)
         if config.mode == "dev":

@@ -57,3 +57,39 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     else:
         async with fresh_postgres_database() as url:
             yield url
+
+
+# --- local Ray (appended by the ShapeGenerator work; shared with the ingress tests) ---------------------------
+
+from collections.abc import Iterator  # noqa: E402
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[str]:
+    """One local Ray + Serve for the whole test run (ray.init costs 6-9 s, serve.shutdown ~5 s).
+
+    Four logical CPUs on any machine so several apps fit; deployments in tests still ask for
+    ``num_cpus: 0`` (a 2-core box would otherwise hang waiting for resources). Workers import the
+    project from the driver's working directory, so run pytest from the repository root.
+    Yields the base URL of Serve's HTTP proxy.
+    """
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=4, include_dashboard=False)
+    # Serve's HTTP proxy on a free port, so tests never collide with a dev server on :8000
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()

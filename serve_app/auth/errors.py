@@ -10,7 +10,6 @@ from collections.abc import Mapping
 
 from starlette.responses import JSONResponse
 
-from serve_app.auth.request_id import REQUEST_ID_HEADER
 
 
 def error_body(type: str, code: str, message: str, retryable: bool, request_id: str) -> dict[str, object]:
@@ -26,6 +25,11 @@ def error_response(
     request_id: str,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """A JSON error response; ``type`` is the family (e.g. ``authentication_error``), ``code`` the cause."""
-    all_headers = {REQUEST_ID_HEADER: request_id, **(headers or {})}
-    return JSONResponse(error_body(type, code, message, retryable, request_id), status_code=status, headers=all_headers)
+    """A JSON error response; ``type`` is the family (e.g. ``authentication_error``), ``code`` the cause.
+
+    The ``X-Request-ID`` header is added by ``RequestIdMiddleware`` (or, behind Ray Serve, by its proxy),
+    never here: setting it twice would send it twice.
+    """
+    return JSONResponse(
+        error_body(type, code, message, retryable, request_id), status_code=status, headers=dict(headers or {})
+    )
