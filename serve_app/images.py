@@ -50,7 +50,7 @@ class DecodedImage:
 def decode_base64_image(value: object, limits: ImageLimits, field: str = "image") -> DecodedImage:
     """A base64 string (optionally a ``data:image/...;base64,`` URL) -> validated image."""
     if not isinstance(value, str) or not value:
-        raise ImageRejected(422, "invalid_image", f"'{field}' must be a non-empty base64 string")
+        raise ImageRejected(422, "invalid_image_field", f"'{field}' must be a non-empty base64 string")
     text = _DATA_URL.sub("", value, count=1)
     # base64 inflates by 4/3: refuse oversized payloads before decoding them
     if len(text) > (limits.max_bytes * 4) // 3 + 4:

@@ -54,7 +54,13 @@ async def read_body(request: Request) -> ParsedBody:
 
 
 async def _read_multipart(request: Request) -> ParsedBody:
-    form = await request.form(max_files=1, max_fields=8)
+    # read (and cache) the raw bytes first: the idempotency fingerprint hashes them after parsing
+    await request.body()
+    async with request.form(max_files=1, max_fields=8) as form:
+        return await _parse_form(form)
+
+
+async def _parse_form(form: Any) -> ParsedBody:
     fields: dict[str, Any] = {}
     upload: bytes | None = None
     for name, value in form.multi_items():

@@ -30,6 +30,7 @@ from serve_app.views import batch_view, job_url, job_view
 
 MAX_IDEMPOTENCY_KEY = 255
 SSE_POLL_S = 0.5
+SSE_KEEPALIVE_S = 15.0
 
 
 def _service(request: Request) -> AgentService:
@@ -143,7 +144,7 @@ async def list_jobs(request: Request) -> Response:
             principal.agent, status=status, cursor=request.query_params.get("cursor"), limit=limit
         )
     except ValueError:
-        raise ApiError(400, "invalid_cursor", "'cursor' is not one this API returned") from None
+        raise ApiError(422, "invalid_cursor", "'cursor' is not one this API returned") from None
     return JSONResponse({"jobs": [job_view(job) for job in page.jobs], "next_cursor": page.next_cursor})
 
 
@@ -153,7 +154,8 @@ async def cancel_job(request: Request) -> Response:
     if job.terminal and job.status != "cancelled":
         raise ApiError(409, "job_finished", f"job {job.id} already {job.status}; nothing to cancel")
     cancelled = await _service(request).store.cancel(principal.agent, job.id)
-    assert cancelled is not None  # it is ours and existed a moment ago; rows are never deleted
+    if cancelled is None:  # rows are never deleted, so only a database swap could get here
+        raise not_found("job", job.id)
     if cancelled.status != "cancelled":  # it finished in the meantime
         raise ApiError(409, "job_finished", f"job {job.id} already {cancelled.status}; nothing to cancel")
     return JSONResponse(job_view(cancelled))
@@ -182,11 +184,16 @@ async def job_events(request: Request) -> Response:
 
     async def stream() -> AsyncIterator[str]:
         current, last = job, None
+        quiet_since = time.monotonic()
         while True:
             state = (current.status, current.stage, current.progress)
             if state != last:
                 yield f"event: job\ndata: {json.dumps(job_view(current))}\n\n"
-                last = state
+                last, quiet_since = state, time.monotonic()
+            elif time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
+                # a comment line keeps idle proxies from closing a stream whose job waits in the queue
+                yield ": keep-alive\n\n"
+                quiet_since = time.monotonic()
             if current.terminal or await request.is_disconnected():
                 return
             await asyncio.sleep(SSE_POLL_S)

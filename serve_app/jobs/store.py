@@ -37,6 +37,7 @@ from serve_app.jobs.records import (
 
 Clock = Callable[[], datetime]
 MAX_PAGE_SIZE = 200
+DRAWN_SEED_LIMIT = 2**53
 
 
 def utcnow() -> datetime:
@@ -148,8 +149,9 @@ class JobStore:
         return {
             "id": job_id, "agent": agent, "batch_id": batch_id, "batch_index": index,
             "status": "queued", "stage": "queued", "progress": 0, "priority": job.priority,
-            # A drawn seed is stored like a given one, so the job can be reproduced.
-            "seed": job.seed if job.seed is not None else secrets.randbelow(MAX_SEED + 1),
+            # A drawn seed is stored like a given one, so the job can be reproduced; below 2^53 so that
+            # JSON clients that read numbers as doubles (JavaScript) get it back exactly.
+            "seed": job.seed if job.seed is not None else secrets.randbelow(DRAWN_SEED_LIMIT),
             "params": dict(job.params), "model": job.model,
             "input_path": f"inputs/{job_id}.{job.image_format}",
             "created_at": now, "started_at": None, "claimed_at": None, "finished_at": None,

@@ -677,7 +677,7 @@ async def test_middleware_fails_closed_when_nonce_store_fails(
         "auth_unavailable",
         "Authentication is temporarily unavailable; retry shortly.",
         response,
-        type_="api_error",
+        type_="unavailable_error",
         retryable=True,
     )
     [line] = auth_log.lines()

@@ -142,3 +142,16 @@ async def test_api_capabilities_and_public_health(api):
     assert (await unsigned.get("/readyz")).json() == {"status": "ready"}
     refused = await unsigned.get("/api/agent/capabilities")
     assert refused.status_code == 401 and refused.json()["type"] == "authentication_error"
+
+
+async def test_api_multipart_with_idempotency_key_replays_identical_bytes(paused_api):
+    body = (
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+        b"Content-Type: image/png\r\n\r\n" + png_bytes() + b"\r\n--XyZ\r\n"
+        b"Content-Disposition: form-data; name=\"seed\"\r\n\r\n5\r\n--XyZ--\r\n"
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=XyZ", "Idempotency-Key": "upload-1"}
+    first = await paused_api.client.post("/api/agent/jobs", content=body, headers=headers)
+    again = await paused_api.client.post("/api/agent/jobs", content=body, headers=headers)
+    assert first.status_code == again.status_code == 202, first.text
+    assert again.json()["job_id"] == first.json()["job_id"] and again.headers["idempotent-replayed"] == "true"

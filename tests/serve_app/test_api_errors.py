@@ -83,7 +83,7 @@ async def test_api_unknown_routes_and_methods_use_the_error_shape(paused_api):
 
 async def test_api_bad_query_values(paused_api):
     _error(await paused_api.client.get("/api/agent/jobs", params={"limit": "many"}), 422, "invalid_limit")
-    _error(await paused_api.client.get("/api/agent/jobs", params={"cursor": "garbage"}), 400, "invalid_cursor")
+    _error(await paused_api.client.get("/api/agent/jobs", params={"cursor": "garbage"}), 422, "invalid_cursor")
     job_id = (await paused_api.client.post("/api/agent/jobs", json={"image": b64(png_bytes())})).json()["job_id"]
     _error(await paused_api.client.get(f"/api/agent/jobs/{job_id}", params={"wait": "999"}), 422, "invalid_wait")
     _error(await paused_api.client.get(f"/api/agent/jobs/{job_id}/result", params={"format": "fbx"}), 422,

@@ -37,8 +37,8 @@ def test_decode_accepts_png_and_data_urls():
 @pytest.mark.parametrize(
     ("value", "status", "code"),
     [
-        (None, 422, "invalid_image"),
-        ("", 422, "invalid_image"),
+        (None, 422, "invalid_image_field"),
+        ("", 422, "invalid_image_field"),
         ("not base64!!", 400, "invalid_base64"),
         (base64.b64encode(b"hello world").decode(), 400, "invalid_image"),
     ],
