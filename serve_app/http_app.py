@@ -8,11 +8,14 @@ from starlette.types import ASGIApp
 from serve_app.auth.middleware import auth_middleware
 from serve_app.auth.request_id import RequestIdMiddleware
 from serve_app.errors import exception_handlers
+from serve_app.metrics import IngressMetrics
 from serve_app.routes import ROUTES
 from serve_app.service import AgentService
 
 
-def build_http_app(service: AgentService, *, behind_serve_proxy: bool = False) -> ASGIApp:
+def build_http_app(
+    service: AgentService, *, behind_serve_proxy: bool = False, metrics: IngressMetrics | None = None
+) -> ASGIApp:
     """Request ids outermost (every response carries one, 500s included); the auth middleware inside
     Starlette's stack so a handler's ScopeDenied becomes a logged 403.
 
@@ -24,4 +27,5 @@ def build_http_app(service: AgentService, *, behind_serve_proxy: bool = False) -
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
     )
     app.state.service = service
+    app.state.metrics = metrics  # None in-process: Ray's metrics need a Serve replica
     return RequestIdMiddleware(app, echo_header=not behind_serve_proxy)

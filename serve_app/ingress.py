@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from serve_app.config import AppConfig
 from serve_app.http_app import build_http_app
+from serve_app.metrics import start_metrics
 from serve_app.model_client import ShapeGeneratorClient
 from serve_app.service import AgentService
 
@@ -31,7 +32,8 @@ logger = logging.getLogger("ray.serve")
 class AgentIngress:
     async def __init__(self, generator: DeploymentHandle, config: AppConfig) -> None:
         self._service = await AgentService.start(AppConfig.model_validate(config), ShapeGeneratorClient(generator))
-        self._app = build_http_app(self._service, behind_serve_proxy=True)
+        self._metrics, self._metrics_task = start_metrics(self._service.dispatcher.events)
+        self._app = build_http_app(self._service, behind_serve_proxy=True, metrics=self._metrics)
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return self._app
@@ -42,4 +44,5 @@ class AgentIngress:
 
     async def __del__(self) -> None:
         # graceful: jobs in flight get the dispatcher's grace period, the rest go back to the queue
+        self._metrics_task.cancel()
         await self._service.stop()

@@ -60,6 +60,10 @@ async def _submit(request: Request, principal: Principal, jobs: list, as_batch: 
     except IdempotencyInProgress as exc:
         raise ApiError(409, "idempotency_key_in_use", str(exc), retryable=True) from None
     service.dispatcher.notify()
+    metrics = request.app.state.metrics
+    if metrics is not None and not submission.replayed:
+        for job in submission.jobs:
+            metrics.submitted.inc(tags={"priority": job.priority})
     return submission
 
 
