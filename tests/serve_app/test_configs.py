@@ -1,0 +1,45 @@
+"""The committed Serve configs are valid and keep the batching invariants their comments promise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.generator_config import BatchingConfig
+from serve_app.app import OrfeasArgs
+
+REPO = Path(__file__).resolve().parents[2]
+APP_CONFIGS = [REPO / "serve_config.yaml", REPO / "configs" / "cluster.example.yaml"]
+
+
+def _deployment(app: dict, name: str) -> dict:
+    return next(d for d in app["deployments"] if d["name"] == name)
+
+
+@pytest.mark.parametrize("path", APP_CONFIGS, ids=lambda p: p.name)
+def test_config_args_and_user_config_validate(path):
+    app = yaml.safe_load(path.read_text())["applications"][0]
+    assert app["import_path"] == "serve_app.app:build_app"
+    args = OrfeasArgs.model_validate(app["args"])
+    generator = _deployment(app, "ShapeGenerator")
+    batching = BatchingConfig.model_validate(generator["user_config"])
+    batch = batching.max_batch_size if isinstance(batching.max_batch_size, int) else batching.auto_max_batch_size
+    # a whole batch must be able to reach the replica, and the dispatcher must send that many
+    assert generator["max_ongoing_requests"] >= batch * batching.max_concurrent_batches
+    assert args.app.jobs.dispatcher_concurrency >= batch * batching.max_concurrent_batches
+
+
+def test_embedded_default_is_dev_mode_on_cpu_with_sqlite():
+    app = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]
+    args = OrfeasArgs.model_validate(app["args"])
+    assert args.app.mode == "dev" and args.app.database_url is None
+    assert args.generator.device == "cpu"
+    assert (REPO / args.generator.model / "config.yaml").is_file()
+
+
+def test_production_example_never_creates_keys():
+    app = yaml.safe_load((REPO / "configs" / "cluster.example.yaml").read_text())["applications"][0]
+    args = OrfeasArgs.model_validate(app["args"])
+    assert args.app.mode == "production" and args.app.database_url.startswith("postgresql+asyncpg://")
