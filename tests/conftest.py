@@ -13,6 +13,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from serve_app.db import create_schema, make_engine
 
 PG_ADMIN_DSN = os.environ.get("ORFEAS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -43,6 +46,24 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
 async def postgres_url() -> AsyncIterator[str]:
     async with fresh_postgres_database() as url:
         yield url
+
+
+@asynccontextmanager
+async def engine_with_schema(url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on ``url`` with every table registered so far created (the test modules import theirs)."""
+    engine = make_engine(url)
+    await create_schema(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def any_engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """A fresh schema once on SQLite and once on the local Postgres."""
+    async with engine_with_schema(db_url) as engine:
+        yield engine
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from serve_app.auth.request_id import RequestIdMiddleware
 from serve_app.auth.secret import Secret
 from serve_app.auth.settings import AuthSettings
 from serve_app.auth.signing import AgentSigner
-from serve_app.db import create_schema, make_engine
+from tests.conftest import engine_with_schema
 
 
 async def _create_job(request: Request) -> JSONResponse:
@@ -105,19 +105,8 @@ def auth_log(caplog: pytest.LogCaptureFixture) -> AuthLog:
 
 @pytest.fixture
 async def engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(sqlite_url)
-    await create_schema(engine)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def any_engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    """The same, once on SQLite and once on the local Postgres."""
-    engine = make_engine(db_url)
-    await create_schema(engine)
-    yield engine
-    await engine.dispose()
+    async with engine_with_schema(sqlite_url) as engine:
+        yield engine
 
 
 @pytest.fixture

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from serve_app.artifacts import ArtifactStore
-from serve_app.db import create_schema, make_engine
 from serve_app.jobs import JobStore, StoreSettings
 from tests.jobs.helpers import ManualClock
 
 
 @pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(db_url)
-    await create_schema(engine)
-    yield engine
-    await engine.dispose()
+def engine(any_engine: AsyncEngine) -> AsyncEngine:
+    """Every job test runs on both backends."""
+    return any_engine
 
 
 @pytest.fixture
