@@ -33,7 +33,8 @@ def test_batch_key_equal_params_share_a_pass():
                                     {"volume_decoder": "hierarchical"}, {"box_v": 1.0}, {"mc_level": 0.1}])
 def test_batch_key_differs_when_a_pass_wide_parameter_differs(change):
     other = GenerationParams(**{**FAST.to_dict(), **change})
-    assert batch_key(GenerationRequest(object_png(), params=FAST)) != batch_key(GenerationRequest(object_png(), params=other))
+    first, second = GenerationRequest(object_png(), params=FAST), GenerationRequest(object_png(), params=other)
+    assert batch_key(first) != batch_key(second)
 
 
 def test_group_positions_mixed_keys_split_in_first_appearance_order():
@@ -57,7 +58,8 @@ def test_run_bisecting_without_oom_runs_once():
     run = OOMAbove(limit=8)
     result = run_bisecting(range(4), run)
     assert run.calls == [[0, 1, 2, 3]]
-    assert (result.done, result.out_of_memory, result.splits, result.largest_ok) == ([([0, 1, 2, 3], [0, 10, 20, 30])], {}, 0, None)
+    assert result.done == [([0, 1, 2, 3], [0, 10, 20, 30])]
+    assert (result.out_of_memory, result.splits, result.largest_ok) == ({}, 0, None)
 
 
 def test_run_bisecting_halves_until_it_fits_and_frees_memory_each_time():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from deployments.engine import GenerationEngine, Queued
-from deployments.hunyuan3d import GenerationParams, ShapePipeline
+from deployments.hunyuan3d import STAGES, GenerationParams, ShapePipeline
 from deployments.messages import GenerationError, GenerationRequest, GenerationResult
 from deployments.metrics import GeneratorMetrics
 from deployments.scheduling import CRITICAL
@@ -19,7 +19,9 @@ from .fakes import SyntheticPipeline
 
 
 def queued(image: bytes, seed: int, params: GenerationParams = FAST, priority: str = "normal") -> Queued:
-    request = GenerationRequest(image, seed=seed, params=params, priority=priority, job_id=f"job-{seed}")  # type: ignore[arg-type]
+    request = GenerationRequest(
+        image, seed=seed, params=params, priority=priority, job_id=f"job-{seed}"  # type: ignore[arg-type]
+    )
     return Queued(request, time.monotonic())
 
 
@@ -61,7 +63,7 @@ async def test_engine_batch_results_equal_single_runs(tiny_pipeline: ShapePipeli
 
 async def test_engine_result_carries_stage_timings_and_queue_wait(tiny_pipeline: ShapePipeline):
     [result] = await make_engine(tiny_pipeline).run_batch([queued(object_png(), 1)])
-    assert set(result.timings) == {"preprocess", "conditioner", "diffusion", "vae", "volume_decoding", "surface_extraction"}
+    assert set(result.timings) == set(STAGES)
     assert result.queue_wait_s >= 0
     assert result.vertices.dtype == np.float32 and result.faces.dtype == np.int64
     assert result.faces.max() < len(result.vertices)
@@ -191,3 +193,29 @@ async def test_engine_start_batch_returns_after_the_gpu_pass_before_surfaces_are
     assert not futures[0].done() and not engine.gpu.locked
     assert isinstance(await futures[0], GenerationResult)
     assert engine.batch_slots.in_use == 0
+
+
+async def test_engine_cancelled_caller_keeps_the_gpu_until_its_pass_ends():
+    pipeline = SyntheticPipeline(gpu_s=0.3)
+    engine = make_engine(pipeline)
+    critical = asyncio.create_task(engine.run_critical(queued(object_png(), 1, priority="critical")))
+    await wait_until(lambda: bool(pipeline.gpu_batches))  # the pass is running in its worker thread
+    critical.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await critical
+    assert engine.gpu.locked  # a second pass must not start next to the running one
+    await wait_until(lambda: not engine.gpu.locked)
+    assert [p.path for p in engine.passes] == ["critical"]
+
+
+async def test_engine_caller_cancelled_while_waiting_for_the_gpu_runs_nothing():
+    pipeline = SyntheticPipeline()
+    engine = make_engine(pipeline)
+    await engine.gpu.acquire()
+    waiting = asyncio.create_task(engine.run_critical(queued(object_png(), 1, priority="critical")))
+    await wait_until(lambda: engine.gpu.waiting == 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    engine.gpu.release()
+    assert not engine.gpu.locked and pipeline.gpu_batches == [] and not engine.passes

@@ -71,8 +71,8 @@ def test_serve_config_args_and_user_config_validate():
     assert user_config.inject_oom_above_batch_size is None  # the test hook stays out of committed configs
 
 
-def test_serve_config_max_ongoing_requests_covers_full_concurrent_batches():
+def test_serve_config_max_ongoing_requests_holds_one_batch_more_than_in_flight():
     deployment = load_serve_config()["applications"][0]["deployments"][0]
     batching = BatchingConfig.model_validate(deployment["user_config"])
     assert isinstance(batching.max_batch_size, int)
-    assert deployment["max_ongoing_requests"] >= batching.max_batch_size * batching.max_concurrent_batches
+    assert deployment["max_ongoing_requests"] >= batching.max_batch_size * (batching.max_concurrent_batches + 1)

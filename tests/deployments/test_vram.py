@@ -88,7 +88,7 @@ def test_measure_picks_largest_size_whose_peak_plus_margin_fits():
 def test_measure_stops_at_the_first_oom_and_frees_memory():
     run, calls = linear_peak(base_gib=6, per_item_gib=1.5, oom_above_gib=14)
     freed = []
-    sizing = measure_batch_size(run, budget_bytes=80 * GIB, safety_margin=0.1, limit=16, free_memory=lambda: freed.append(1))
+    sizing = measure_batch_size(run, 80 * GIB, safety_margin=0.1, limit=16, free_memory=lambda: freed.append(1))
     assert (sizing.batch_size, calls, len(freed)) == (4, [1, 2, 4, 8], 4)
     assert "batch 8 ran out of memory" in sizing.detail
 

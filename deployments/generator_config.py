@@ -1,0 +1,119 @@
+"""The ShapeGenerator's two typed configs: what the replica is (init args) and how it batches (user_config).
+
+``GeneratorConfig`` enters once, at the application builder (``args:`` in the serve config), and reaches
+the replica's constructor unchanged; changing it restarts replicas. ``BatchingConfig`` is the deployment's
+``user_config``: Serve hands it to ``reconfigure`` at start and on every ``serve deploy`` that changes it,
+so batch settings change live. Neither reads the environment. This module imports without torch.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+if TYPE_CHECKING:
+    from .hunyuan3d.params import GenerationParams
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = "configs/models/tiny-Hunyuan3D-2/hunyuan3d-dit-v2-0"
+DEFAULT_VRAM_TABLE = "configs/vram_batch_table.yaml"
+# One batch on the GPU plus batches in their CPU section; more than a few only holds memory.
+MAX_CONCURRENT_BATCHES = 4
+MAX_BATCH_SIZE = 64
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Relative paths name files in the repository, whatever directory Ray starts the replica in."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+class GeneratorConfig(BaseModel):
+    """What one ShapeGenerator replica loads and how it warms up (changing it restarts replicas)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="Released model folder (config.yaml + weights). With random_weights: a variant name "
+        "(e.g. hunyuan3d-dit-v2-0), a config.yaml or a folder, built with random weights.",
+    )
+    random_weights: bool = False
+    weights_seed: int = 0
+    variant: str | None = Field(
+        default=None, description="Row of the VRAM batch table; defaults to the model folder or variant name."
+    )
+    device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    torch_threads: PositiveInt | None = Field(default=None, description="torch intra-op threads; None keeps torch's")
+    warmup: bool = True
+    warmup_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="GenerationParams of the warm-up pass; also the shape that max_batch_size auto/table sizes for.",
+    )
+    vram_table: str = DEFAULT_VRAM_TABLE
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("warmup_params")
+    @classmethod
+    def _check_warmup_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from .hunyuan3d.params import GenerationParams
+
+        GenerationParams.from_dict(value)  # raises ValueError naming the bad field
+        return value
+
+    def generation_params(self) -> GenerationParams:
+        from .hunyuan3d.params import GenerationParams
+
+        return GenerationParams.from_dict(self.warmup_params)
+
+    def variant_name(self) -> str:
+        if self.variant:
+            return self.variant
+        path = resolve_path(self.model)
+        if path.is_file():  # a config.yaml: its folder names the variant
+            return path.parent.name
+        return path.name if path.exists() else self.model
+
+
+class BatchingConfig(BaseModel):
+    """The live batch settings (the deployment's ``user_config``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: PositiveInt | Literal["auto", "table"] = Field(
+        default=4,
+        description="Requests per GPU pass. 'auto': measure peak GPU memory at start (CPU: the table's cpu "
+        "entry). 'table': look the budget up in the VRAM batch table.",
+    )
+    batch_wait_timeout_s: float = Field(default=0.05, ge=0.0, le=10.0)
+    max_concurrent_batches: int = Field(
+        default=2, ge=1, le=MAX_CONCURRENT_BATCHES,
+        description="Batches in flight: 1 on the GPU, the rest in surface extraction. 2 overlaps them.",
+    )
+    vram_budget_gib: float | None = Field(default=None, gt=0, description="None: the whole device")
+    safety_margin: float = Field(default=0.15, ge=0.0, lt=1.0, description="auto: headroom over measured peak")
+    auto_max_batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_SIZE)
+    inject_oom_above_batch_size: int | None = Field(
+        default=None, ge=0,
+        description="TEST HOOK ONLY: GPU passes larger than this raise torch.cuda.OutOfMemoryError before any "
+        "work, to exercise OOM bisection without a GPU. Never set it in production configs.",
+    )
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _cap_batch_size(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value > MAX_BATCH_SIZE:
+            raise ValueError(f"max_batch_size must be at most {MAX_BATCH_SIZE}, got {value}")
+        return value
