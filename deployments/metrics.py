@@ -7,6 +7,9 @@ batch key and OOM bisection, the wait from arrival to the GPU, per-stage latency
 
 from __future__ import annotations
 
+import ctypes
+import gc
+
 import os
 import resource
 import sys
@@ -86,3 +89,13 @@ def process_rss_bytes() -> int:
     except OSError:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so that RSS read
+    right after reflects memory still in use rather than what the allocator keeps cached for reuse."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): RSS stays an upper bound
+        pass

@@ -24,7 +24,6 @@ skip the gate and the batch window and wait only for the GPU pass in progress. A
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import time
@@ -41,7 +40,7 @@ from .generator_config import BatchingConfig, GeneratorConfig, resolve_path
 from .hunyuan3d import ShapePipeline
 from .image_input import warmup_image
 from .messages import GenerationRequest, Outcome
-from .metrics import GeneratorMetrics, process_rss_bytes
+from .metrics import GeneratorMetrics, process_rss_bytes, release_free_memory
 from .scheduling import CRITICAL, Slots
 from .vram import Sizing, VramTable, size_batches
 
@@ -131,7 +130,7 @@ class ShapeGenerator:
     async def stats(self, collect_garbage: bool = False) -> dict[str, Any]:
         """Batch settings, recent GPU passes and memory of this replica (for tests, benchmarks, debugging)."""
         if collect_garbage:
-            gc.collect()
+            release_free_memory()
         device = self.pipeline.device
         return {
             "pid": os.getpid(),
