@@ -26,9 +26,10 @@ def test_config_args_and_user_config_validate(path):
     generator = _deployment(app, "ShapeGenerator")
     batching = BatchingConfig.model_validate(generator["user_config"])
     batch = batching.max_batch_size if isinstance(batching.max_batch_size, int) else batching.auto_max_batch_size
-    # a whole batch must be able to reach the replica, and the dispatcher must send that many
-    assert generator["max_ongoing_requests"] >= batch * batching.max_concurrent_batches
-    assert args.app.jobs.dispatcher_concurrency >= batch * batching.max_concurrent_batches
+    # whole batches must be able to reach the replica (plus one waiting), and the dispatcher must send that many
+    in_flight = batch * (batching.max_concurrent_batches + 1)
+    assert generator["max_ongoing_requests"] >= in_flight
+    assert args.app.jobs.dispatcher_concurrency >= in_flight
 
 
 def test_embedded_default_is_dev_mode_on_cpu_with_sqlite():
