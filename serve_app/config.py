@@ -58,6 +58,8 @@ class JobSettings(BaseModel):
     default_deadline_s: float | None = Field(3600.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     idempotency_ttl_s: float = Field(24 * 3600.0, gt=0)
+    # false: this app accepts and stores jobs but runs none (drain/maintenance, or API-only benchmarks)
+    dispatch: bool = True
     # jobs in flight per ingress replica; >= the model's max batch size so batches can fill
     dispatcher_concurrency: int = Field(8, ge=1)
     lease_s: float = Field(60.0, gt=0)

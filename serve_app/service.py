@@ -50,7 +50,7 @@ class AgentService:
     started: bool = field(default=False)
 
     @classmethod
-    async def start(cls, config: AppConfig, generate: GenerateFn, *, run_dispatcher: bool = True) -> AgentService:
+    async def start(cls, config: AppConfig, generate: GenerateFn, *, run_dispatcher: bool | None = None) -> AgentService:
         """1. dev-mode bootstrap, 2. schema, 3. stores, 4. the dispatcher (claims queued jobs at once, so
         jobs left by a previous run resume)."""
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ class AgentService:
                                poll_interval_s=jobs.poll_interval_s),
         )  # fmt: skip
         service = cls(config, engine, artifacts, store, dispatcher, master_key)
-        if run_dispatcher:
+        if config.jobs.dispatch if run_dispatcher is None else run_dispatcher:
             await dispatcher.start()
             service.started = True
         logger.info("agent service up: database %s, data %s", engine.url.render_as_string(), config.data_dir)
