@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # The CPU wheel on dev/CI machines; set TORCH= (empty) to let pip pick a build for your accelerator.
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
-COV_FAIL_UNDER ?= 75
+COV_FAIL_UNDER ?= 85
 
 .PHONY: install test test-fast serve clean
 
