@@ -20,6 +20,7 @@ from serve_app.jobs import (
     IdempotencyConflict,
     IdempotencyInProgress,
     JobRecord,
+    NewJob,
     QueueFull,
     Submission,
     request_fingerprint,
@@ -37,7 +38,7 @@ def _service(request: Request) -> AgentService:
     return request.app.state.service
 
 
-async def _submit(request: Request, principal: Principal, jobs: list, as_batch: bool) -> Submission:
+async def _submit(request: Request, principal: Principal, jobs: list[NewJob], as_batch: bool) -> Submission:
     service = _service(request)
     key = request.headers.get("idempotency-key")
     fingerprint = None
