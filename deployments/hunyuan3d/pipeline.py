@@ -29,7 +29,7 @@ from .config import SchedulerConfig, ShapeModelConfig, named_config
 from .dit import Hunyuan3DDiT
 from .image_processing import ImageProcessor
 from .params import GenerationParams
-from .surface import extract_surface
+from .surface import extract_surfaces
 from .vae import ShapeVAEDecoder
 from .volume import decode_dense, decode_hierarchical
 
@@ -241,16 +241,8 @@ class ShapePipeline:
     ) -> list[trimesh.Trimesh | Exception]:
         """Marching cubes per sample (CPU). With ``return_exceptions`` a failed sample's slot holds its error."""
         timings = timings or StageTimings()
-        meshes: list[trimesh.Trimesh | Exception] = []
         with timings.stage("surface_extraction"):
-            for grid in grids:
-                try:
-                    meshes.append(extract_surface(grid, params.mc_level, params.box_v, params.octree_resolution))
-                except ValueError as exc:
-                    if not return_exceptions:
-                        raise
-                    meshes.append(exc)
-        return meshes
+            return extract_surfaces(grids, params.mc_level, params.box_v, params.octree_resolution, return_exceptions)
 
     def generate_volumes(
         self,

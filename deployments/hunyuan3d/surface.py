@@ -26,3 +26,19 @@ def extract_surface(grid: Tensor | np.ndarray, level: float, box_v: float, resol
     vertices = (vertices.astype(np.float64) / (resolution + 1) * (2 * box_v) - box_v).astype(np.float32)
     faces = np.ascontiguousarray(faces[:, ::-1])  # official winding
     return trimesh.Trimesh(vertices, faces)
+
+
+def extract_surfaces(
+    grids: Tensor, level: float, box_v: float, resolution: int, return_exceptions: bool = False
+) -> list[trimesh.Trimesh | Exception]:
+    """:func:`extract_surface` for each (R+1)^3 grid of a batch; with ``return_exceptions`` a sample that
+    has no surface gets its error in its slot instead of failing the others."""
+    meshes: list[trimesh.Trimesh | Exception] = []
+    for grid in grids:
+        try:
+            meshes.append(extract_surface(grid, level, box_v, resolution))
+        except ValueError as exc:
+            if not return_exceptions:
+                raise
+            meshes.append(exc)
+    return meshes

@@ -17,7 +17,7 @@ from PIL import Image
 from deployments.hunyuan3d import GenerationParams, StageTimings
 from deployments.hunyuan3d.config import ImageProcessorConfig
 from deployments.hunyuan3d.image_processing import ImageProcessor
-from deployments.hunyuan3d.surface import extract_surface
+from deployments.hunyuan3d.surface import extract_surfaces
 from deployments.hunyuan3d.volume import dense_grid_points
 
 
@@ -47,14 +47,6 @@ class SyntheticPipeline:
         return_exceptions: bool = False,
     ) -> list[trimesh.Trimesh | Exception]:
         timings = timings or StageTimings()
-        meshes: list[trimesh.Trimesh | Exception] = []
         with timings.stage("surface_extraction"):
             time.sleep(self.cpu_s)
-            for grid in grids:
-                try:
-                    meshes.append(extract_surface(grid, params.mc_level, params.box_v, params.octree_resolution))
-                except ValueError as exc:
-                    if not return_exceptions:
-                        raise
-                    meshes.append(exc)
-        return meshes
+            return extract_surfaces(grids, params.mc_level, params.box_v, params.octree_resolution, return_exceptions)
