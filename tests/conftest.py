@@ -42,12 +42,6 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
         await _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    async with fresh_postgres_database() as url:
-        yield url
-
-
 @asynccontextmanager
 async def engine_with_schema(url: str) -> AsyncIterator[AsyncEngine]:
     """An engine on ``url`` with every table registered so far created (the test modules import theirs)."""

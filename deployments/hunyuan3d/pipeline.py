@@ -52,10 +52,6 @@ class StageTimings:
                 torch.cuda.synchronize(device)
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
-    def merge(self, other: StageTimings) -> None:
-        for name, seconds in other.seconds.items():
-            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-
 
 def flow_sigmas(scheduler: SchedulerConfig, num_inference_steps: int) -> np.ndarray:
     """Flow times for each step, 0 = noise .. 1 = data (Hunyuan3D runs the flow 'forwards')."""
