@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 import torch
 
 from .hunyuan3d.params import GenerationParams
-from .messages import GenerationRequest
+from .contract import GenerationRequest
 
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")

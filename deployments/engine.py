@@ -1,12 +1,12 @@
 """The replica's work, without Ray: one model copy, one GPU pass at a time, CPU work overlapping it.
 
 A batch goes through three steps:
-  1. prepare (worker thread): decode each image and run the pipeline's own preprocessing on it alone, so a
-     bad image fails only its request;
+  1. prepare (worker thread): decode each image and run the pipeline's preprocessing on it alone, so a
+     bad image fails only its request; the pixels it makes are the ones the GPU pass uses (once per job);
   2. GPU pass (worker thread, under the GPU lock): one ``generate_volumes`` call per batch key, halved on
      out-of-memory (``run_bisecting``);
-  3. CPU pass (worker thread, GPU lock released): marching cubes and mesh arrays, while the next batch's
-     GPU pass runs.
+  3. CPU pass (worker thread, GPU lock released): marching cubes and GLB export with mesh statistics,
+     while the next batch's GPU pass runs.
 Critical requests take the same steps alone and jump the queue for the GPU lock. The ``ShapeGenerator``
 deployment only adds Serve's batching, config and stats on top.
 """
@@ -21,16 +21,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-import numpy as np
 import torch
 import trimesh
-from PIL import Image
 from torch import Tensor
 
 from .batching import Bisection, batch_key, group_positions, run_bisecting
+from .contract import (
+    CANONICAL_FORMAT,
+    ErrorCode,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    MeshStats,
+    Outcome,
+)
 from .hunyuan3d import EmptySurfaceError, GenerationParams, ShapePipeline, StageTimings
 from .image_input import decode_image
-from .messages import GenerationError, GenerationRequest, GenerationResult, Outcome
+from .mesh_io import export_mesh, mesh_stats
 from .metrics import GeneratorMetrics
 from .scheduling import CRITICAL, NORMAL, PriorityLock, Slots
 from .vram import free_cached_memory
@@ -68,14 +75,14 @@ class _Pass:
 
     record: PassRecord
     items: list[Queued]
-    images: list[Image.Image]
+    pixels: list[Tensor]  # one preprocessed (1, 3, S, S) image per item
     params: GenerationParams
     timings: StageTimings = field(default_factory=StageTimings)
     bisection: Bisection[Tensor] | None = None
     errors: dict[int, GenerationError] = field(default_factory=dict)  # by index into items
 
     def fail_all(self, message: str) -> list[GenerationError]:
-        return [GenerationError("internal", message, q.request.job_id) for q in self.items]
+        return [GenerationError(ErrorCode.INTERNAL_ERROR, message, q.request.job_id) for q in self.items]
 
 
 class GenerationEngine:
@@ -108,18 +115,18 @@ class GenerationEngine:
         """
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Outcome]] = [loop.create_future() for _ in queued]
-        prepared = await asyncio.to_thread(self._prepare, queued)
+        prepared, prepare_s = await asyncio.to_thread(self._prepare, queued)
         ready = []
         for position, item in enumerate(prepared):
             if isinstance(item, GenerationError):
-                self.metrics.record_outcome(item.code)
+                self.metrics.record_outcome(item.code.value)
                 futures[position].set_result(item)
             else:
                 ready.append(position)
         for group in group_positions([batch_key(queued[p].request) for p in ready]):
             positions = [ready[i] for i in group]
-            images = [prepared[p] for p in positions]  # all decoded images: errors were set aside above
-            job = self._new_pass("batch", [queued[p] for p in positions], images)  # type: ignore[arg-type]
+            pixels = [prepared[p] for p in positions]  # all preprocessed: errors were set aside above
+            job = self._new_pass("batch", [queued[p] for p in positions], pixels, prepare_s)  # type: ignore[arg-type]
             await self.batch_slots.acquire()
             try:
                 await self._gpu_phase(job)
@@ -137,11 +144,11 @@ class GenerationEngine:
 
     async def run_critical(self, queued: Queued) -> Outcome:
         """One request alone, ahead of every batch waiting for the GPU; no batch window, no batch slot."""
-        [prepared] = await asyncio.to_thread(self._prepare, [queued])
+        [prepared], prepare_s = await asyncio.to_thread(self._prepare, [queued])
         if isinstance(prepared, GenerationError):
-            self.metrics.record_outcome(prepared.code)
+            self.metrics.record_outcome(prepared.code.value)
             return prepared
-        job = self._new_pass("critical", [queued], [prepared])
+        job = self._new_pass("critical", [queued], [prepared], prepare_s)
         await self._gpu_phase(job)
         [outcome] = await self._cpu_phase(job)
         return outcome
@@ -151,29 +158,28 @@ class GenerationEngine:
 
     # --- steps --------------------------------------------------------------------------------------------
 
-    def _prepare(self, queued: Sequence[Queued]) -> list[Image.Image | GenerationError]:
-        """Decode and check each image alone (worker thread).
+    def _prepare(self, queued: Sequence[Queued]) -> tuple[list[Tensor | GenerationError], float]:
+        """Decode and preprocess each image alone (worker thread); also the seconds it took.
 
-        The preprocessing runs again inside the GPU pass; doing it per image first costs milliseconds
-        and is what keeps one unusable image from failing the whole pass.
+        Alone, so one unusable image fails only its own request; the pixels are the GPU pass's input.
         """
-        prepared: list[Image.Image | GenerationError] = []
+        started = time.perf_counter()
+        prepared: list[Tensor | GenerationError] = []
         for item in queued:
             job_id = item.request.job_id
             try:
-                image = decode_image(item.request.image, job_id)
-                self.pipeline.image_processor(image)
+                prepared.append(self.pipeline.image_processor(decode_image(item.request.image, job_id)))
             except GenerationError as exc:
                 prepared.append(exc)
             except ValueError as exc:  # EmptyImageError: nothing visible to reconstruct
-                prepared.append(GenerationError("invalid_image", str(exc), job_id))
-            else:
-                prepared.append(image)
-        return prepared
+                prepared.append(GenerationError(ErrorCode.INVALID_IMAGE, str(exc), job_id))
+        return prepared, time.perf_counter() - started
 
-    def _new_pass(self, path: PassPath, items: list[Queued], images: list[Image.Image]) -> _Pass:
+    def _new_pass(self, path: PassPath, items: list[Queued], pixels: list[Tensor], prepare_s: float) -> _Pass:
         record = PassRecord(path, len(items), [q.request.job_id for q in items], waiting_since=time.monotonic())
-        return _Pass(record, items, images, items[0].request.params)
+        job = _Pass(record, items, pixels, items[0].request.params)
+        job.timings.seconds["preprocess"] = prepare_s
+        return job
 
     async def _gpu_phase(self, job: _Pass) -> None:
         await self.gpu.acquire(CRITICAL if job.record.path == "critical" else NORMAL)  # cancellable: nothing ran
@@ -205,8 +211,8 @@ class GenerationEngine:
                 raise torch.cuda.OutOfMemoryError(
                     f"injected by the test hook: batch of {len(positions)} > {self.inject_oom_above}"
                 )
-            images = [job.images[i] for i in positions]
-            return self.pipeline.generate_volumes(images, [seeds[i] for i in positions], job.params, job.timings)
+            pixels = torch.cat([job.pixels[i] for i in positions])
+            return self.pipeline.generate_volumes(pixels, [seeds[i] for i in positions], job.params, job.timings)
 
         return run_bisecting(range(len(job.items)), run, free_cached_memory)
 
@@ -216,7 +222,7 @@ class GenerationEngine:
         self.metrics.record_oom_splits(bisection.splits)
         for index, reason in bisection.out_of_memory.items():
             job.errors[index] = GenerationError(
-                "out_of_memory",
+                ErrorCode.OUT_OF_MEMORY,
                 f"the GPU ran out of memory even for this job alone ({reason}); lower octree_resolution or "
                 "num_chunks, or retry when the server is less busy",
                 job.items[index].request.job_id,
@@ -237,37 +243,45 @@ class GenerationEngine:
         waits = [job.record.gpu_start - q.arrived for q in job.items]
         self.metrics.record_pass(job.record.path, job.record.size, waits, job.timings.seconds)
         for outcome in outcomes:
-            self.metrics.record_outcome("ok" if isinstance(outcome, GenerationResult) else outcome.code)
+            self.metrics.record_outcome("ok" if isinstance(outcome, GenerationResult) else outcome.code.value)
         self.metrics.record_gpu_memory(self.pipeline.device)
         return outcomes
 
     def _cpu_pass(self, job: _Pass) -> list[Outcome]:
-        """Marching cubes per item and numpy mesh arrays (worker thread, GPU lock not held)."""
+        """Marching cubes per item, then GLB bytes and mesh statistics (worker thread, GPU lock not held)."""
         outcomes: dict[int, Outcome] = dict(job.errors)
         meshes: dict[int, tuple[trimesh.Trimesh | Exception, int]] = {}  # index -> (mesh, its sub-batch size)
         for positions, grids in job.bisection.done if job.bisection is not None else []:
             extracted = self.pipeline.extract_surfaces(grids, job.params, job.timings, return_exceptions=True)
-            for index, mesh in zip(positions, extracted):
+            for index, mesh in zip(positions, extracted, strict=True):
                 meshes[index] = (mesh, len(positions))
-        job.bisection = None  # drop the grids and images now: (R+1)^3 floats per item
-        job.images = []
-        timings = dict(job.timings.seconds)  # the whole pass, surface extraction included
-        for index, (mesh, size) in meshes.items():
+        job.bisection = None  # drop the grids and pixels now: (R+1)^3 floats per item
+        job.pixels = []
+        exported: dict[int, tuple[bytes, MeshStats]] = {}
+        with job.timings.stage("export"):
+            for index, (mesh, _) in meshes.items():
+                request = job.items[index].request
+                if isinstance(mesh, EmptySurfaceError) or (not isinstance(mesh, Exception) and not len(mesh.faces)):
+                    message = str(mesh) if isinstance(mesh, Exception) else "the decoded volume has no surface"
+                    outcomes[index] = GenerationError(ErrorCode.EMPTY_SURFACE, message, request.job_id)
+                elif isinstance(mesh, Exception):
+                    outcomes[index] = GenerationError(
+                        ErrorCode.INTERNAL_ERROR, f"surface extraction: {mesh}", request.job_id
+                    )
+                else:
+                    exported[index] = (export_mesh(mesh, CANONICAL_FORMAT), mesh_stats(mesh))
+        timings = dict(job.timings.seconds)  # the whole pass, surface extraction and export included
+        for index, (glb, stats) in exported.items():
             request = job.items[index].request
-            if isinstance(mesh, EmptySurfaceError):
-                outcomes[index] = GenerationError("empty_surface", str(mesh), request.job_id)
-            elif isinstance(mesh, Exception):
-                outcomes[index] = GenerationError("internal", f"surface extraction: {mesh}", request.job_id)
-            else:
-                outcomes[index] = GenerationResult(
-                    vertices=np.asarray(mesh.vertices, dtype=np.float32),
-                    faces=np.asarray(mesh.faces, dtype=np.int64),
-                    timings=dict(timings),
-                    batch_size=size,
-                    queue_wait_s=job.record.gpu_start - job.items[index].arrived,
-                    seed=request.seed,
-                    job_id=request.job_id,
-                )
+            outcomes[index] = GenerationResult(
+                glb=glb,
+                stats=stats,
+                timings=dict(timings),
+                batch_size=meshes[index][1],
+                queue_wait_s=job.record.gpu_start - job.items[index].arrived,
+                seed=request.seed,
+                job_id=request.job_id,
+            )
         missing = [i for i in range(len(job.items)) if i not in outcomes]
         if missing:
             raise RuntimeError(f"no outcome for item(s) {missing} of the pass")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-MESH_FORMATS = ("glb", "obj", "stl", "ply")
+from .contract import MESH_FORMATS
 
 
 class CommandError(Exception):

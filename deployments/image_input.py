@@ -6,24 +6,22 @@ import io
 
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from .messages import GenerationError
+from .contract import ErrorCode, GenerationError
 
 
-def decode_image(image: bytes | Image.Image, job_id: str | None = None) -> Image.Image:
-    """Encoded bytes (or a PIL image) -> a fully loaded PIL image; ``GenerationError(invalid_image)`` if not."""
-    if isinstance(image, Image.Image):
-        return image
+def decode_image(image: bytes, job_id: str | None = None) -> Image.Image:
+    """Encoded bytes -> a fully loaded PIL image; ``GenerationError(invalid_image)`` if not."""
     try:
         with Image.open(io.BytesIO(image)) as opened:
             opened.load()  # decode now: a truncated file fails here, not inside the GPU pass
             return opened.copy()
     except UnidentifiedImageError:
         message = "the data is not an image PIL can read; send PNG, JPEG or WebP"
-        raise GenerationError("invalid_image", message, job_id) from None
+        raise GenerationError(ErrorCode.INVALID_IMAGE, message, job_id) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         # truncated data is an OSError, some broken headers are SyntaxError/ValueError
         message = f"the image could not be decoded ({type(exc).__name__}: {exc})"
-        raise GenerationError("invalid_image", message, job_id) from None
+        raise GenerationError(ErrorCode.INVALID_IMAGE, message, job_id) from None
 
 
 def warmup_image(size: int = 256) -> Image.Image:

@@ -4,10 +4,12 @@ How the ingress calls it (``handle`` is the ``DeploymentHandle`` bound in the ap
 
     outcome = await handle.generate.remote(GenerationRequest(image=png_bytes, seed=7, params={...}))
     if isinstance(outcome, GenerationError):   # RETURNED, never raised, for per-request failures
-        job failed with outcome.code (invalid_image | out_of_memory | empty_surface | internal),
+        job failed with outcome.code (an ErrorCode: invalid_image, out_of_memory, empty_surface, ...),
         outcome.message and outcome.retryable
     else:
-        outcome.vertices, outcome.faces (numpy) or outcome.to_trimesh() for export
+        outcome.glb (the mesh as GLB bytes), outcome.stats (vertices, faces, area, bounds, watertight)
+
+The types are in ``deployments/contract.py``, shared with the job worker.
 
 ``generate`` raises only for a caller bug (a non-``GenerationRequest`` argument) or when the replica itself
 fails; Ray then raises it at the caller as usual.
@@ -39,7 +41,7 @@ from .engine import GenerationEngine, Queued
 from .generator_config import BatchingConfig, GeneratorConfig, resolve_path
 from .hunyuan3d import ShapePipeline
 from .image_input import warmup_image
-from .messages import GenerationRequest, Outcome
+from .contract import GenerationRequest, Outcome
 from .metrics import GeneratorMetrics, process_rss_bytes, release_free_memory
 from .scheduling import CRITICAL, Slots
 from .vram import Sizing, VramTable, size_batches
@@ -179,7 +181,8 @@ class ShapeGenerator:
         """One GPU section at ``size`` warm-up images; its peak reserved memory (what the allocator holds)."""
         device = self.pipeline.device
         torch.cuda.reset_peak_memory_stats(device)
-        self.pipeline.generate_volumes([warmup_image()] * size, list(range(size)), self.warmup_params)
+        pixels = self.pipeline.preprocess([warmup_image()] * size)
+        self.pipeline.generate_volumes(pixels, list(range(size)), self.warmup_params)
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_reserved(device)
 

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deployments.contract import JOB_STATUSES, MESH_FORMATS, PRIORITIES
+
 if TYPE_CHECKING:
     from serve_app.client import AgentClient
-
-FORMATS = ("glb", "obj", "stl", "ply")
 
 
 def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -36,23 +36,23 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     submit.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N", help="denoising steps")
     submit.add_argument("--octree-resolution", type=int, metavar="R", help="mesh extraction grid resolution")
     submit.add_argument("--guidance-scale", type=float, metavar="G", help="classifier-free guidance scale")
-    submit.add_argument("--priority", choices=("normal", "critical"), default="normal")
+    submit.add_argument("--priority", choices=PRIORITIES, default="normal")
     submit.add_argument("--wait", action="store_true", help="wait for the jobs and download their meshes")
     submit.add_argument("--out", type=Path, help="where --wait writes meshes (default: .); implies --wait")
-    submit.add_argument("--format", choices=FORMATS, default="glb", help="mesh format to download (default glb)")
+    submit.add_argument("--format", choices=MESH_FORMATS, default="glb", help="mesh format to download (default glb)")
     submit.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits per job (default 600)")
 
     status = commands.add_parser("status", parents=[common], help="show a job")
     status.add_argument("job_id")
     listing = commands.add_parser("list", parents=[common], help="list your jobs, newest first")
-    listing.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled", "expired"))
+    listing.add_argument("--status", choices=JOB_STATUSES)
     listing.add_argument("--limit", type=int, default=50, help="page size (default 50)")
     listing.add_argument("--cursor", help="next_cursor of the previous page")
     cancel = commands.add_parser("cancel", parents=[common], help="cancel a queued or running job")
     cancel.add_argument("job_id")
     download = commands.add_parser("download", parents=[common], help="download a finished job's mesh")
     download.add_argument("job_id")
-    download.add_argument("--format", choices=FORMATS, default="glb")
+    download.add_argument("--format", choices=MESH_FORMATS, default="glb")
     download.add_argument("--out", type=Path, help="file to write (default: <job_id>.<format>)")
     return agent
 

@@ -1,9 +1,11 @@
 """The application builder named in `serve_config.yaml` (`import_path: serve_app.app:build_app`).
 
-`args:` in the YAML is one :class:`OrfeasArgs`: `app` configures the ingress (HTTP, auth, jobs, storage),
-`generator` the model replica. Validated here, so a bad config fails `serve run` / `serve deploy` before
-any replica starts. Deployment options (replicas, resources, batch `user_config`) live in the YAML's
-`deployments:` section.
+`args:` in the YAML is one :class:`OrfeasArgs`: `app` configures the ingress and the job workers (HTTP,
+auth, jobs, storage), `generator` the model replica. Validated here, so a bad config fails `serve run` /
+`serve deploy` before any replica starts. Deployment options (replicas, resources, batch `user_config`)
+live in the YAML's `deployments:` section, one entry per deployment:
+
+    AgentIngress (HTTP) --notify--> JobWorker (claims jobs) --generate--> ShapeGenerator (batches, GPU)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def build_app(args: OrfeasArgs | dict[str, Any] | None = None) -> Application:
     # heavy imports (Ray deployments, torch) only when an application is really built
     from deployments.shape_generator import ShapeGenerator
     from serve_app.ingress import AgentIngress
+    from serve_app.worker import JobWorker
 
     parsed = OrfeasArgs.model_validate(args or {})
     # replicas do not start in this directory: resolve the data directory once, here
@@ -40,4 +43,5 @@ def build_app(args: OrfeasArgs | dict[str, Any] | None = None) -> Application:
         app_config = app_config.model_copy(update={"model_name": parsed.generator.variant_name()})
     logger.info("ORFEAS serve: %s mode, data in %s, model %s", app_config.mode, app_config.data_dir,
                 app_config.model_name)
-    return AgentIngress.bind(ShapeGenerator.bind(parsed.generator), app_config)
+    generator = ShapeGenerator.bind(parsed.generator)
+    return AgentIngress.bind(JobWorker.bind(generator, app_config), app_config)

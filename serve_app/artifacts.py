@@ -5,35 +5,19 @@ replace the target with ``os.replace`` (atomic on POSIX within one filesystem); 
 the rename itself survives a power cut. A reader therefore sees the old file, the new file or no file,
 never a partial one, and a crash leaves at worst a ``.tmp-*`` file behind.
 
-Meshes are stored once, as GLB, and converted on download (then cached next to the GLB). GLB is the
-default download, the most compact of the four, and keeps vertices and faces exactly as produced (float32
-positions, indexed faces), so every other format can be derived from it without loss of what the model made.
-Storing all four at completion would quadruple the disk for formats most agents never ask for.
+Meshes arrive from the model replica as GLB bytes (the canonical format) and are converted to the other
+download formats on demand, then cached next to the GLB: storing all four at completion would quadruple
+the disk for formats most agents never ask for.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
 
-import trimesh
-
-MeshFormat = Literal["glb", "obj", "stl", "ply"]
-MESH_FORMATS: tuple[MeshFormat, ...] = ("glb", "obj", "stl", "ply")
-CANONICAL_FORMAT: MeshFormat = "glb"
-
-# IANA-registered types where one exists (model/gltf-binary, model/obj, model/stl). PLY has no registered
-# type; application/x-ply is the one desktop mesh tools and freedesktop.org use.
-CONTENT_TYPES: dict[MeshFormat, str] = {
-    "glb": "model/gltf-binary",
-    "obj": "model/obj",
-    "stl": "model/stl",
-    "ply": "application/x-ply",
-}
+from deployments.contract import CANONICAL_FORMAT, MESH_FORMATS, MeshFormat
+from deployments.mesh_io import export_mesh, load_mesh
 
 _TEMP_PREFIX = ".tmp-"
 
@@ -105,49 +89,3 @@ def _fsync_dir(directory: Path) -> None:
     finally:
         os.close(fd)
 
-
-def export_mesh(mesh: trimesh.Trimesh, fmt: MeshFormat) -> bytes:
-    """Serialize ``mesh`` as ``fmt`` (binary GLB/STL/PLY, text OBJ)."""
-    if fmt not in MESH_FORMATS:
-        raise ValueError(f"format must be one of {list(MESH_FORMATS)}, got {fmt!r}")
-    data = mesh.export(file_type=fmt)
-    return data.encode("utf-8") if isinstance(data, str) else data
-
-
-def load_mesh(data: bytes, fmt: MeshFormat) -> trimesh.Trimesh:
-    """Parse bytes written by :func:`export_mesh`, keeping vertices and faces as stored (no merging)."""
-    return trimesh.load_mesh(io.BytesIO(data), file_type=fmt, process=False)
-
-
-@dataclass(frozen=True)
-class MeshStats:
-    """What an agent sees about a mesh in the job status (JSON-friendly through :meth:`to_dict`)."""
-
-    vertices: int
-    faces: int
-    area: float
-    bounds: tuple[tuple[float, float, float], tuple[float, float, float]]
-    watertight: bool
-
-    @classmethod
-    def of(cls, mesh: trimesh.Trimesh) -> MeshStats:
-        if len(mesh.vertices):
-            low, high = (tuple(float(v) for v in row) for row in mesh.bounds)
-        else:
-            low = high = (0.0, 0.0, 0.0)
-        return cls(
-            vertices=len(mesh.vertices),
-            faces=len(mesh.faces),
-            area=float(mesh.area),
-            bounds=(low, high),  # type: ignore[arg-type]
-            watertight=bool(mesh.is_watertight),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "vertices": self.vertices,
-            "faces": self.faces,
-            "area": self.area,
-            "bounds": [list(self.bounds[0]), list(self.bounds[1])],
-            "watertight": self.watertight,
-        }

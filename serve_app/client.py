@@ -20,19 +20,18 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
+from deployments.contract import TERMINAL_STATUSES, MeshFormat, Priority
 from serve_app.auth.signing import AgentSigner
 
 API = "/api/agent"
 DEFAULT_KEY_FILE = Path(".orfeas") / "dev-agent.json"
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "expired"})
 
 # path, raw bytes, or anything with PIL's ``save(fp, format=...)`` (not imported: the SDK does not need PIL)
 ImageInput = str | os.PathLike[str] | bytes | Any
-Priority = Literal["normal", "critical"]
 
 
 class ApiRequestError(Exception):
@@ -279,7 +278,7 @@ class AgentClient:
             self._max_wait_s = float(self.capabilities()["limits"]["max_wait_s"])
         return self._max_wait_s
 
-    def download(self, job_id: str, format: str = "glb", path: str | os.PathLike[str] | None = None) -> bytes:
+    def download(self, job_id: str, format: MeshFormat = "glb", path: str | os.PathLike[str] | None = None) -> bytes:
         """The mesh of a succeeded job in ``format`` (glb, obj, stl, ply); also written to ``path`` if given."""
         data = self._request("GET", f"/jobs/{job_id}/result", params={"format": format}).content
         if path is not None:

@@ -49,21 +49,43 @@ class DefaultParams(BaseModel):
 
 
 class JobSettings(BaseModel):
-    """Queue and dispatcher behaviour (see serve_app.jobs for the semantics)."""
+    """The queue, the job store and the job workers: handed whole to ``JobStore`` and ``Dispatcher``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # queued jobs beyond which submissions get 503 queue_full (a soft bound: concurrent submits may pass it)
     max_queued: int = Field(1000, ge=1)
     queue_full_retry_after_s: int = Field(10, ge=1)
+    # how long a job may wait to start before it expires (null: forever)
     default_deadline_s: float | None = Field(3600.0, gt=0)
+    # runs of one job before it fails because its worker or model replica kept vanishing
     max_attempts: int = Field(3, ge=1)
     idempotency_ttl_s: float = Field(24 * 3600.0, gt=0)
-    # false: this app accepts and stores jobs but runs none (drain/maintenance, or API-only benchmarks)
+    # a request still being processed under its Idempotency-Key after this long is taken as abandoned
+    idempotency_pending_timeout_s: float = Field(120.0, gt=0)
+    # false: the job workers claim nothing (drain/maintenance, or API-only benchmarks); the API still accepts
     dispatch: bool = True
-    # jobs in flight per ingress replica; >= the model's max batch size so batches can fill
+    # jobs in flight per worker replica; >= the model's max_batch_size * (max_concurrent_batches + 1)
     dispatcher_concurrency: int = Field(8, ge=1)
+    # a crashed worker's jobs are retried this long after its last heartbeat
     lease_s: float = Field(60.0, gt=0)
+    # how often an idle worker looks for work (submissions wake one at once)
     poll_interval_s: float = Field(0.5, gt=0)
+    # how often a worker expires overdue jobs, requeues lost leases and purges idempotency keys
+    maintenance_interval_s: float = Field(10.0, gt=0)
+    # on shutdown, jobs in flight may finish this long; the rest go back to the queue
+    stop_grace_s: float = Field(30.0, ge=0)
+
+
+class StreamSettings(BaseModel):
+    """Server-sent events and ``?wait=`` long-polls: both follow the job in the shared store."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # how often a stream or long-poll re-reads its job
+    poll_interval_s: float = Field(0.5, gt=0, le=10)
+    # a comment line after this much silence keeps idle proxies from closing the stream
+    keepalive_s: float = Field(15.0, gt=0)
 
 
 class AppConfig(BaseModel):
@@ -83,6 +105,7 @@ class AppConfig(BaseModel):
     defaults: DefaultParams = DefaultParams()
     limits: ApiLimits = ApiLimits()
     jobs: JobSettings = JobSettings()
+    streams: StreamSettings = StreamSettings()
     auth: AuthSettings = AuthSettings()
 
     @property

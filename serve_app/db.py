@@ -6,7 +6,7 @@ state (jobs, nonces, idempotency keys, failure counters) lives here, never in on
 
 from __future__ import annotations
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -42,7 +42,19 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+# Any constant shared by every process of the app: the key of the advisory lock below.
+_SCHEMA_LOCK_KEY = 0x0F3EA5
+
+
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create every table registered on :class:`Base` (idempotent)."""
+    """Create every table registered on :class:`Base` (idempotent).
+
+    The ingress and the job workers start together and each creates the schema. On Postgres two concurrent
+    ``CREATE TABLE IF NOT EXISTS`` can both pass the check and one then fails on the catalog's unique
+    index, so the creation runs under a transaction-scoped advisory lock; SQLite's write lock already
+    serialises it.
+    """
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
         await conn.run_sync(Base.metadata.create_all)

@@ -1,8 +1,8 @@
 """AgentIngress: the Ray Serve deployment that speaks HTTP to agents.
 
-Each replica runs the Starlette app (auth, validation, job store) and a dispatcher that claims queued jobs
-from the shared database and calls the ShapeGenerator. Replicas share nothing in memory: several can run
-behind Serve's proxy, and a restarted one resumes the jobs its predecessor left.
+Each replica runs the Starlette app: auth, validation, and reads and writes of the job store. It runs no
+jobs: after a submission it wakes a ``JobWorker`` with a fire-and-forget handle call (never awaited, so a
+busy or restarting worker cannot slow an agent's request down). Replicas share nothing in memory.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from starlette.types import ASGIApp
 
 from serve_app.config import AppConfig
 from serve_app.http_app import build_http_app
-from serve_app.metrics import start_metrics
-from serve_app.model_client import ShapeGeneratorClient
+from serve_app.metrics import IngressMetrics
 from serve_app.service import AgentService
 
 logger = logging.getLogger("ray.serve")
@@ -30,19 +29,21 @@ logger = logging.getLogger("ray.serve")
 )
 @serve.ingress()
 class AgentIngress:
-    async def __init__(self, generator: DeploymentHandle, config: AppConfig) -> None:
-        self._service = await AgentService.start(AppConfig.model_validate(config), ShapeGeneratorClient(generator))
-        self._metrics, self._metrics_task = start_metrics(self._service.dispatcher.events)
-        self._app = build_http_app(self._service, behind_serve_proxy=True, metrics=self._metrics)
+    async def __init__(self, worker: DeploymentHandle, config: AppConfig) -> None:
+        self._worker = worker
+        self._service = await AgentService.start(AppConfig.model_validate(config), self._wake_worker)
+        self._app = build_http_app(self._service, behind_serve_proxy=True, metrics=IngressMetrics())
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return self._app
+
+    def _wake_worker(self) -> None:
+        # The router sends the call as soon as .remote() returns; nobody awaits the answer.
+        self._worker.notify.remote()
 
     async def check_health(self) -> None:
         if not await self._service.ready():
             raise RuntimeError("job database unreachable")
 
     async def __del__(self) -> None:
-        # graceful: jobs in flight get the dispatcher's grace period, the rest go back to the queue
-        self._metrics_task.cancel()
         await self._service.stop()

@@ -1,51 +1,43 @@
-"""The dispatcher's model call over Ray Serve: one job -> one ``ShapeGenerator.generate`` call.
+"""The job worker's model call over Ray Serve: one job -> one ``ShapeGenerator.generate`` call.
 
-Translates between the job world (``serve_app.jobs``: bytes in, mesh out, ``GenerationError`` with a
-retryable flag) and the deployment's messages (``deployments.messages``). The deployment batches the
-concurrent calls that the dispatcher makes; this adapter stays one call per job.
+The request and its outcome are the contract types (``deployments.contract``) both sides share; this
+adapter only adds what a remote call needs: cancelling the model's work when the job is abandoned, and
+telling a lost replica (requeue the job) from everything else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
-from ray.exceptions import RayError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from deployments import messages
-from serve_app.jobs import GenerationError, GenerationRequest, MeshResult
+from deployments.contract import GenerationRequest, Outcome
+from serve_app.jobs.dispatcher import ModelUnavailable
 
 logger = logging.getLogger("orfeas.model")
+
+# The replica died (ActorDiedError) or is unreachable (ActorUnavailableError), both RayActorErrors, or the
+# deployment has no replica that can take the call: the request never got an answer of its own. Anything
+# else (e.g. RayTaskError: generate() itself raised) is a bug and fails the job as internal_error.
+_LOST_REPLICA = (RayActorError, DeploymentUnavailableError)
 
 
 class ShapeGeneratorClient:
     def __init__(self, handle: DeploymentHandle) -> None:
         self._handle = handle
 
-    async def __call__(self, request: GenerationRequest) -> MeshResult:
+    async def __call__(self, request: GenerationRequest) -> Outcome:
+        response = self._handle.generate.remote(request)
         try:
-            model_request = messages.GenerationRequest(
-                image=request.image, seed=request.seed, params=dict(request.params),
-                priority=request.priority,  # type: ignore[arg-type]
-                job_id=request.job_id,
-            )  # fmt: skip
-        except (TypeError, ValueError) as exc:  # params were checked at submit; a config change can still bite
-            raise GenerationError("invalid_request", str(exc), retryable=False) from None
-        response = self._handle.generate.remote(model_request)
-        try:
-            outcome = await response
+            outcome: Outcome = await response
         except asyncio.CancelledError:
             # cancelling our await alone would leave the model working for nobody
             response.cancel()
             raise
-        except RayError as exc:
-            logger.warning("model call for job %s failed: %s", request.job_id, exc)
-            raise GenerationError("model_unavailable", f"the model replica failed: {type(exc).__name__}",
-                                  retryable=True) from None
-        if isinstance(outcome, messages.GenerationError):
-            raise GenerationError(outcome.code, outcome.message, retryable=outcome.retryable)
-        timings: dict[str, Any] = {f"{stage}_s": seconds for stage, seconds in outcome.timings.items()}
-        timings.update(batch_size=outcome.batch_size, queue_wait_s=outcome.queue_wait_s)
-        return MeshResult(vertices=outcome.vertices, faces=outcome.faces, timings=timings)
+        except _LOST_REPLICA as exc:
+            logger.warning("model call for job %s lost its replica: %s", request.job_id, exc)
+            raise ModelUnavailable(f"the model replica failed: {type(exc).__name__}") from None
+        return outcome

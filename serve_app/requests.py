@@ -13,12 +13,12 @@ from typing import Any
 
 from starlette.requests import Request
 
+from deployments.contract import MAX_SEED, PRIORITIES
 from deployments.hunyuan3d.params import GenerationParams
 from serve_app.config import AppConfig
 from serve_app.errors import ApiError
 from serve_app.images import DecodedImage, ImageLimits, ImageRejected, decode_base64_image, validate_image_bytes
 from serve_app.jobs import NewJob
-from serve_app.jobs.records import MAX_SEED, PRIORITIES
 
 # What agents may set per request; everything else in GenerationParams is the operator's choice.
 API_PARAMS = ("num_inference_steps", "guidance_scale", "octree_resolution")

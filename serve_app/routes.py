@@ -12,11 +12,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from serve_app.artifacts import CONTENT_TYPES, MESH_FORMATS
+from deployments.contract import CONTENT_TYPES, JOB_STATUSES, MESH_FORMATS, PRIORITIES
 from serve_app.auth.principal import Principal, require_scope
 from serve_app.errors import ApiError, not_found
 from serve_app.jobs import (
-    JOB_STATUSES,
     IdempotencyConflict,
     IdempotencyInProgress,
     JobRecord,
@@ -30,8 +29,6 @@ from serve_app.service import AgentService
 from serve_app.views import batch_view, job_url, job_view
 
 MAX_IDEMPOTENCY_KEY = 255
-SSE_POLL_S = 0.5
-SSE_KEEPALIVE_S = 15.0
 
 
 def _service(request: Request) -> AgentService:
@@ -60,7 +57,7 @@ async def _submit(request: Request, principal: Principal, jobs: list[NewJob], as
         raise ApiError(422, "idempotency_key_reused", str(exc)) from None
     except IdempotencyInProgress as exc:
         raise ApiError(409, "idempotency_key_in_use", str(exc), retryable=True) from None
-    service.dispatcher.notify()
+    service.wake_workers()
     metrics = request.app.state.metrics
     if metrics is not None and not submission.replayed:
         for job in submission.jobs:
@@ -124,9 +121,10 @@ async def get_job(request: Request) -> Response:
     principal = require_scope(request, "jobs:read")
     wait = _wait_seconds(request)
     job = await _own_job(request, principal)
+    poll_s = _service(request).config.streams.poll_interval_s
     deadline = time.monotonic() + wait
     while not job.terminal and time.monotonic() < deadline:
-        await asyncio.sleep(min(SSE_POLL_S, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
         job = await _own_job(request, principal)
     return JSONResponse(job_view(job))
 
@@ -145,7 +143,7 @@ async def list_jobs(request: Request) -> Response:
     if not 1 <= limit <= max_page:
         raise ApiError(422, "invalid_limit", f"'limit' must be between 1 and {max_page}")
     try:
-        page = await service.store.list(
+        page = await service.store.list_jobs(
             principal.agent, status=status, cursor=request.query_params.get("cursor"), limit=limit
         )
     except ValueError:
@@ -186,6 +184,7 @@ async def job_events(request: Request) -> Response:
     Reads the shared store (not one replica's memory), so it works whichever replica runs the job."""
     principal = require_scope(request, "jobs:read")
     job = await _own_job(request, principal)
+    streams = _service(request).config.streams
 
     async def stream() -> AsyncIterator[str]:
         current, last = job, None
@@ -195,13 +194,13 @@ async def job_events(request: Request) -> Response:
             if state != last:
                 yield f"event: job\ndata: {json.dumps(job_view(current))}\n\n"
                 last, quiet_since = state, time.monotonic()
-            elif time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
+            elif time.monotonic() - quiet_since >= streams.keepalive_s:
                 # a comment line keeps idle proxies from closing a stream whose job waits in the queue
                 yield ": keep-alive\n\n"
                 quiet_since = time.monotonic()
             if current.terminal or await request.is_disconnected():
                 return
-            await asyncio.sleep(SSE_POLL_S)
+            await asyncio.sleep(streams.poll_interval_s)
             current = await _own_job(request, principal)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
@@ -229,7 +228,7 @@ async def capabilities(request: Request) -> Response:
             "guidance_scale": {"min": 0.0, "max": limits.max_guidance_scale},
             "octree_resolution": {"min": limits.min_octree_resolution, "max": limits.max_octree_resolution},
         },
-        "priorities": ["normal", "critical"],
+        "priorities": list(PRIORITIES),
         "formats": list(MESH_FORMATS),
         "image": {"formats": ["png", "jpeg", "webp"], "max_bytes": limits.max_image_bytes,
                   "max_pixels": limits.max_image_pixels, "min_side": limits.min_image_side},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from serve_app.artifacts import MESH_FORMATS
+from deployments.contract import MESH_FORMATS
 from serve_app.jobs import BatchRecord, JobRecord
 
 API = "/api/agent"

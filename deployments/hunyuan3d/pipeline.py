@@ -4,8 +4,9 @@ One call handles B images: ONE conditioner pass, ONE DiT pass per step (2B rows 
 batched volume decoding, then marching cubes per sample. Each sample owns its randomness (a CPU
 ``torch.Generator`` seeded per job), so a job's mesh does not depend on its batch-mates or the device.
 
-The GPU section (:meth:`ShapePipeline.decode_volumes`) and the CPU section (:meth:`extract_surfaces`)
-are separate calls so a server can overlap one batch's marching cubes with the next batch's GPU work.
+The accelerator section (:meth:`ShapePipeline.generate_volumes`, on preprocessed pixels) and the CPU
+section (:meth:`ShapePipeline.extract_surfaces`) are separate calls, so a server can preprocess each image
+once when it checks it, and overlap one batch's marching cubes with the next batch's GPU work.
 """
 
 from __future__ import annotations
@@ -163,7 +164,6 @@ class ShapePipeline:
             [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32) for s in seeds]
         )
 
-    @torch.inference_mode()
     def sample_latents(
         self,
         images: Sequence[Image.Image],
@@ -171,15 +171,26 @@ class ShapePipeline:
         params: GenerationParams,
         timings: StageTimings | None = None,
     ) -> Tensor:
-        """Flow-matching sampling for the whole batch -> (B, N, C) latents before the VAE (model dtype)."""
-        if len(images) != len(seeds):
-            raise ValueError(f"got {len(images)} images but {len(seeds)} seeds; give one seed per image")
-        if not images:
-            raise ValueError("no images given")
+        """Preprocess ``images`` and :meth:`sample` them: (B, N, C) latents before the VAE (model dtype)."""
+        _check_counts(len(images), len(seeds))
         timings = timings or StageTimings()
-        batch = len(images)
         with timings.stage("preprocess"):
-            pixels = self.preprocess(images).to(self.device, self.dtype)
+            pixels = self.preprocess(images)
+        return self.sample(pixels, seeds, params, timings)
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        pixels: Tensor,
+        seeds: Sequence[int],
+        params: GenerationParams,
+        timings: StageTimings | None = None,
+    ) -> Tensor:
+        """Flow-matching sampling for the whole batch of preprocessed ``pixels`` (B, 3, S, S) -> (B, N, C)."""
+        _check_counts(pixels.shape[0], len(seeds))
+        timings = timings or StageTimings()
+        batch = len(seeds)
+        pixels = pixels.to(self.device, self.dtype)
 
         # 1. condition: ONE encoder pass; CFG appends the zero (unconditional) rows -> (2B, T, C)
         with timings.stage("conditioner", self.device):
@@ -242,13 +253,13 @@ class ShapePipeline:
 
     def generate_volumes(
         self,
-        images: Sequence[Image.Image],
+        pixels: Tensor,
         seeds: Sequence[int],
         params: GenerationParams,
         timings: StageTimings | None = None,
     ) -> Tensor:
-        """The accelerator section: preprocess, condition, sample and decode volumes."""
-        latents = self.sample_latents(images, seeds, params, timings)
+        """The accelerator section: condition, sample and decode volumes of preprocessed ``pixels``."""
+        latents = self.sample(pixels, seeds, params, timings)
         return self.decode_volumes(latents, params, timings)
 
     def generate_shape_batch(
@@ -261,8 +272,19 @@ class ShapePipeline:
     ) -> list[trimesh.Trimesh]:
         """B images -> B meshes through one batched pass."""
         params = params or GenerationParams()
-        grids = self.generate_volumes(images, seeds, params, timings)
+        _check_counts(len(images), len(seeds))
+        timings = timings or StageTimings()
+        with timings.stage("preprocess"):
+            pixels = self.preprocess(images)
+        grids = self.generate_volumes(pixels, seeds, params, timings)
         return self.extract_surfaces(grids, params, timings, return_exceptions)  # type: ignore[return-value]
+
+
+def _check_counts(images: int, seeds: int) -> None:
+    if images != seeds:
+        raise ValueError(f"got {images} images but {seeds} seeds; give one seed per image")
+    if not images:
+        raise ValueError("no images given")
 
 
 def _build_modules(config: ShapeModelConfig) -> tuple[Hunyuan3DDiT, ShapeVAEDecoder, ImageConditioner]:

@@ -1,6 +1,6 @@
 """The dispatcher: claims queued jobs, runs them through the model, stores the meshes, finishes the jobs.
 
-One asyncio loop per instance (one per ingress replica). Each round it
+One asyncio loop per instance (one per ``JobWorker`` replica). Each round it
   1. every ``maintenance_interval_s``: expires overdue jobs, requeues jobs whose worker's lease expired
      (restart recovery: a dead instance's jobs come back once their lease runs out), purges old
      idempotency keys;
@@ -10,7 +10,9 @@ One asyncio loop per instance (one per ingress replica). Each round it
      (cancelled by the agent, or requeued after this instance stalled past its lease);
   4. sleeps until ``notify()``, a job finishing, or the next poll.
 Exactly-once completion is the store's guarantee (completion is guarded by the lease owner); the
-dispatcher only has to never write for a job it abandoned.
+dispatcher only has to never write for a job it abandoned. A model call lost with its replica
+(:class:`ModelUnavailable`) puts the job back in the queue, up to ``max_attempts`` runs: the job did nothing
+wrong, so it is not failed for it.
 """
 
 from __future__ import annotations
@@ -21,31 +23,25 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from serve_app.artifacts import CANONICAL_FORMAT, ArtifactStore, MeshStats, export_mesh
+from deployments.contract import CANONICAL_FORMAT, ErrorCode, GenerationError, GenerationRequest, Outcome
+from serve_app.artifacts import ArtifactStore
+from serve_app.config import JobSettings
 from serve_app.jobs.events import JobEvent, JobEvents
-from serve_app.jobs.generation import GenerateFn, GenerationError, GenerationRequest, MeshResult
 from serve_app.jobs.records import JobRecord
 from serve_app.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
+GenerateFn = Callable[[GenerationRequest], Awaitable[Outcome]]
+"""The model call: ``ShapeGenerator.generate`` through its handle (``serve_app.model_client``) in the app,
+a plain async function in tests. Returns the result or the request's own ``GenerationError``."""
 
-@dataclass(frozen=True)
-class DispatcherSettings:
-    concurrency: int = 8  # jobs in flight per instance; >= the model's max batch size keeps batches full
-    lease_s: float = 60.0  # a crashed instance's jobs are retried this long after its last heartbeat
-    poll_interval_s: float = 1.0
-    maintenance_interval_s: float = 10.0
-    stop_grace_s: float = 30.0  # stop() lets jobs in flight finish this long, then requeues the rest
 
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
-        if not self.lease_s > 0 or not self.poll_interval_s > 0:
-            raise ValueError("lease_s and poll_interval_s must be positive")
+class ModelUnavailable(Exception):
+    """The model call was lost with its replica (it died, or none could take it): not the job's fault."""
 
 
 def default_worker_id() -> str:
@@ -58,7 +54,7 @@ class Dispatcher:
         store: JobStore,
         artifacts: ArtifactStore,
         generate: GenerateFn,
-        settings: DispatcherSettings | None = None,
+        settings: JobSettings | None = None,
         *,
         worker_id: str | None = None,
         events: JobEvents | None = None,
@@ -66,7 +62,7 @@ class Dispatcher:
         self._store = store
         self._artifacts = artifacts
         self._generate = generate
-        self.settings = settings or DispatcherSettings()
+        self.settings = settings or JobSettings()
         self.worker_id = worker_id or default_worker_id()
         self.events = events or JobEvents()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -79,6 +75,11 @@ class Dispatcher:
     @property
     def in_flight(self) -> frozenset[str]:
         return frozenset(self._tasks)
+
+    @property
+    def stopping(self) -> bool:
+        """True once stop() or kill() began: no more claims."""
+        return self._stopping
 
     async def start(self) -> None:
         if self._loop_task is not None:
@@ -127,7 +128,7 @@ class Dispatcher:
                 if time.monotonic() >= next_maintenance:
                     await self._maintain()
                     next_maintenance = time.monotonic() + settings.maintenance_interval_s
-                free = settings.concurrency - len(self._tasks)
+                free = settings.dispatcher_concurrency - len(self._tasks)
                 if free > 0:
                     for job in await self._store.claim(self.worker_id, free, settings.lease_s):
                         self._start_job(job)
@@ -187,60 +188,58 @@ class Dispatcher:
         timings: dict[str, Any] = {"attempt": job.attempts, "queue_s": (claimed_at - job.created_at).total_seconds()}
         began = time.perf_counter()
         try:
-            produced = await self._produce(job, timings)
+            relpath, stats = await self._produce(job, timings)
+        except ModelUnavailable as exc:
+            self._finishing.add(job.id)
+            status = await self._store.requeue(job.id, self.worker_id, code=ErrorCode.MODEL_UNAVAILABLE, message=str(exc))
+            logger.warning("job %s: %s; %s", job.id, exc, "back in the queue" if status == "queued" else status)
+            if status == "failed":
+                self._publish(job, "failed", "failed", job.progress, error_code=ErrorCode.MODEL_UNAVAILABLE.value)
+            return
         except Exception as exc:
             if isinstance(exc, GenerationError):
-                code, message, retryable = exc.code, exc.message, exc.retryable
+                code, message = exc.code, exc.message
             else:
                 logger.exception("job %s failed", job.id)
-                code, message, retryable = "internal_error", f"{type(exc).__name__}: {exc}", True
+                code, message = ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
             timings["total_s"] = time.perf_counter() - began
             self._finishing.add(job.id)
-            if await self._store.fail(
-                job.id, self.worker_id, code=code, message=message, retryable=retryable, timings=timings
-            ):
-                self._publish(job, "failed", "failed", job.progress, error_code=code)
+            if await self._store.fail(job.id, self.worker_id, code=code, message=message, timings=timings):
+                self._publish(job, "failed", "failed", job.progress, error_code=code.value)
             return
-        if produced is None:
-            return  # cancelled while generating: the heartbeat will notice, nothing more to write
-        relpath, stats = produced
         timings["total_s"] = time.perf_counter() - began
         self._finishing.add(job.id)
-        if await self._store.complete(
-            job.id, self.worker_id, result_path=relpath, mesh_stats=stats.to_dict(), timings=timings
-        ):
+        if await self._store.complete(job.id, self.worker_id, result_path=relpath, mesh_stats=stats, timings=timings):
             self._publish(job, "succeeded", "done", 100)
         else:
-            # Cancelled or taken over while we exported: ours is not the result, leave no file behind.
+            # Cancelled or taken over while we stored it: ours is not the result, leave no file behind.
             self._artifacts.delete(relpath)
 
-    async def _produce(self, job: JobRecord, timings: dict[str, Any]) -> tuple[str, MeshStats] | None:
-        """The model call and the mesh file; None when the job stopped being ours before the export."""
-        image = await asyncio.to_thread(self._artifacts.read_bytes, job.input_path)
-        started = time.perf_counter()
-        result = await self._generate(GenerationRequest(job.id, image, job.seed, dict(job.params), job.model, job.priority))
-        timings["generate_s"] = time.perf_counter() - started
-        if result.timings:
-            timings["model"] = dict(result.timings)
-        if not await self._store.set_stage(job.id, self.worker_id, "exporting", 90):
-            return None
-        self._publish(job, "running", "exporting", 90)
-        started = time.perf_counter()
-        # A fresh name per run: a stale run (abandoned while its export thread finishes) can never
-        # overwrite, or delete, the file of the run that completed the job.
-        relpath = f"results/{job.id}/mesh-{secrets.token_hex(8)}.{CANONICAL_FORMAT}"
-        stats = await asyncio.to_thread(self._write_mesh, result, relpath)
-        timings["export_s"] = time.perf_counter() - started
-        return relpath, stats
+    async def _produce(self, job: JobRecord, timings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The model call and the mesh file: (its relative path, its mesh statistics).
 
-    def _write_mesh(self, result: MeshResult, relpath: str) -> MeshStats:
-        mesh = result.to_trimesh()
-        if len(mesh.faces) == 0:
-            raise GenerationError(
-                "empty_mesh", "the model found no surface in this image; try another image or seed", retryable=False
-            )
-        self._artifacts.put_bytes(relpath, export_mesh(mesh, CANONICAL_FORMAT))
-        return MeshStats.of(mesh)
+        Raises the request's ``GenerationError`` or ``ModelUnavailable``.
+        """
+        image = await asyncio.to_thread(self._artifacts.read_bytes, job.input_path)
+        request = GenerationRequest(image, job.seed, dict(job.params), job.priority, job.id)
+        started = time.perf_counter()
+        outcome = await self._generate(request)
+        timings["generate_s"] = time.perf_counter() - started
+        if isinstance(outcome, GenerationError):
+            raise outcome
+        timings["model"] = {
+            **{f"{stage}_s": seconds for stage, seconds in outcome.timings.items()},
+            "batch_size": outcome.batch_size,
+            "queue_wait_s": outcome.queue_wait_s,
+        }
+        started = time.perf_counter()
+        # A fresh name per run: a stale run (abandoned while its write finishes) can never overwrite, or
+        # delete, the file of the run that completed the job; completion then decides whose file counts.
+        relpath = f"results/{job.id}/mesh-{secrets.token_hex(8)}.{CANONICAL_FORMAT}"
+        await asyncio.to_thread(self._artifacts.put_bytes, relpath, outcome.glb)
+        timings["store_s"] = time.perf_counter() - started
+        return relpath, outcome.stats.to_dict()
 
     def _publish(self, job: JobRecord, status: str, stage: str, progress: int, error_code: str | None = None) -> None:
         self.events.publish(JobEvent(job.id, job.agent, status, stage, progress, self._store.now(), error_code))
+

@@ -7,17 +7,10 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
-JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "expired"})
+from deployments.contract import JOB_STATUSES, PRIORITIES, TERMINAL_STATUSES, JobStatus, Priority, check_seed
 
-Priority = Literal["normal", "critical"]
-PRIORITIES: tuple[Priority, ...] = ("normal", "critical")
-
-# Seeds feed 64-bit torch generators and a BIGINT column.
-MAX_SEED = 2**63 - 1
 _IMAGE_FORMAT = re.compile(r"^[a-z0-9]{1,8}$")
 
 
@@ -44,10 +37,8 @@ class NewJob:
             raise ValueError("image must not be empty")
         if self.priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {list(PRIORITIES)}, got {self.priority!r}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED
-        ):
-            raise ValueError(f"seed must be an integer between 0 and {MAX_SEED}, got {self.seed!r}")
+        if self.seed is not None:
+            check_seed(self.seed)
         if self.deadline_s is not None and not self.deadline_s > 0:
             raise ValueError(f"deadline_s must be positive, got {self.deadline_s!r}")
         if not _IMAGE_FORMAT.match(self.image_format):

@@ -13,20 +13,19 @@ import base64
 import json
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from deployments.contract import JOB_STATUSES, MAX_DRAWN_SEED, ErrorCode
 from serve_app.artifacts import ArtifactStore
+from serve_app.config import JobSettings
 from serve_app.jobs import idempotency
 from serve_app.jobs.claiming import claim_statement
 from serve_app.jobs.models import BATCHES, JOBS
 from serve_app.jobs.records import (
-    JOB_STATUSES,
-    MAX_SEED,
     BatchRecord,
     JobPage,
     JobRecord,
@@ -37,29 +36,10 @@ from serve_app.jobs.records import (
 
 Clock = Callable[[], datetime]
 MAX_PAGE_SIZE = 200
-DRAWN_SEED_LIMIT = 2**53
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    """``max_queued``: queued jobs beyond which submissions get QueueFull (a soft bound: concurrent submits
-    may pass it by their own size). ``default_deadline_s``: how long a job may wait to start (None: forever).
-    ``max_attempts``: claims before a job whose worker keeps vanishing is failed."""
-
-    max_queued: int = 1000
-    queue_full_retry_after_s: int = 10
-    default_deadline_s: float | None = 3600.0
-    max_attempts: int = 3
-    idempotency_ttl_s: float = 24 * 3600.0
-    idempotency_pending_timeout_s: float = 120.0
-
-    def __post_init__(self) -> None:
-        if self.max_queued < 1 or self.max_attempts < 1:
-            raise ValueError(f"max_queued and max_attempts must be at least 1, got {self.max_queued}, {self.max_attempts}")
 
 
 class JobStore:
@@ -67,13 +47,13 @@ class JobStore:
         self,
         engine: AsyncEngine,
         artifacts: ArtifactStore,
-        settings: StoreSettings | None = None,
+        settings: JobSettings | None = None,
         *,
         clock: Clock = utcnow,
     ) -> None:
         self._engine = engine
         self._artifacts = artifacts
-        self.settings = settings or StoreSettings()
+        self.settings = settings or JobSettings()
         self._clock = clock
         self._row_locks = engine.dialect.name == "postgresql"
 
@@ -149,9 +129,8 @@ class JobStore:
         return {
             "id": job_id, "agent": agent, "batch_id": batch_id, "batch_index": index,
             "status": "queued", "stage": "queued", "progress": 0, "priority": job.priority,
-            # A drawn seed is stored like a given one, so the job can be reproduced; below 2^53 so that
-            # JSON clients that read numbers as doubles (JavaScript) get it back exactly.
-            "seed": job.seed if job.seed is not None else secrets.randbelow(DRAWN_SEED_LIMIT),
+            # A drawn seed is stored like a given one, so the job can be reproduced.
+            "seed": job.seed if job.seed is not None else secrets.randbelow(MAX_DRAWN_SEED + 1),
             "params": dict(job.params), "model": job.model,
             "input_path": f"inputs/{job_id}.{job.image_format}",
             "created_at": now, "started_at": None, "claimed_at": None, "finished_at": None,
@@ -190,7 +169,7 @@ class JobStore:
         jobs = await self._select(select(JOBS).where(JOBS.c.batch_id == batch_id).order_by(JOBS.c.batch_index))
         return BatchRecord(id=batch["id"], agent=batch["agent"], created_at=batch["created_at"], jobs=tuple(jobs))
 
-    async def list(
+    async def list_jobs(
         self, agent: str, *, status: str | None = None, cursor: str | None = None, limit: int = 50
     ) -> JobPage:
         """The agent's jobs, newest first, ``limit`` per page; pass ``next_cursor`` back for the next page."""
@@ -260,11 +239,6 @@ class JobStore:
         async with self._engine.begin() as conn:
             return set((await conn.execute(stmt)).scalars().all())
 
-    async def set_stage(self, job_id: str, worker_id: str, stage: str, progress: int) -> bool:
-        return await self._execute(
-            update(JOBS).where(JOBS.c.id == job_id, *self._owned(worker_id)).values(stage=stage, progress=progress)
-        ) == 1
-
     async def complete(
         self, job_id: str, worker_id: str, *, result_path: str, mesh_stats: dict[str, Any], timings: dict[str, Any]
     ) -> bool:
@@ -284,21 +258,46 @@ class JobStore:
         job_id: str,
         worker_id: str,
         *,
-        code: str,
+        code: ErrorCode,
         message: str,
-        retryable: bool,
         timings: dict[str, Any] | None = None,
     ) -> bool:
-        """Mark the job failed with an error; False unless this worker still holds it."""
+        """Mark the job failed with an error (retryable as its code says); False unless this worker still
+        holds it."""
         return await self._execute(
             update(JOBS)
             .where(JOBS.c.id == job_id, *self._owned(worker_id))
             .values(
                 status="failed", stage="failed", finished_at=self._clock(),
-                error_code=code, error_message=message, retryable=retryable, timings=timings,
+                error_code=code.value, error_message=message, retryable=code.retryable, timings=timings,
                 lease_owner=None, lease_expires_at=None,
             )  # fmt: skip
         ) == 1
+
+    async def requeue(self, job_id: str, worker_id: str, *, code: ErrorCode, message: str) -> str | None:
+        """Put a held job back in the queue after its run was lost through no fault of its own (the model
+        replica died under it); with ``max_attempts`` runs used, fail it with ``code`` instead.
+
+        Returns the job's new status (``queued`` or ``failed``), or None if this worker no longer held it.
+        """
+        max_attempts = self.settings.max_attempts
+        owned = (JOBS.c.id == job_id, *self._owned(worker_id))
+        async with self._engine.begin() as conn:
+            requeued = await conn.execute(
+                update(JOBS).where(*owned, JOBS.c.attempts < max_attempts).values(_requeued_values(attempts=JOBS.c.attempts))
+            )
+            if requeued.rowcount == 1:
+                return "queued"
+            failed = await conn.execute(
+                update(JOBS)
+                .where(*owned)
+                .values(
+                    status="failed", stage="failed", finished_at=self._clock(), error_code=code.value,
+                    error_message=f"{message} (on all {max_attempts} attempts)", retryable=code.retryable,
+                    lease_owner=None, lease_expires_at=None,
+                )  # fmt: skip
+            )
+            return "failed" if failed.rowcount == 1 else None
 
     async def release(self, job_id: str, worker_id: str) -> bool:
         """Put a held job back in the queue without counting the attempt (graceful shutdown)."""
@@ -315,8 +314,9 @@ class JobStore:
             update(JOBS)
             .where(JOBS.c.status == "queued", JOBS.c.attempts == 0, JOBS.c.deadline_at < now)
             .values(
-                status="expired", stage="expired", finished_at=now, error_code="deadline_exceeded",
-                error_message="the job was not started before its deadline", retryable=True,
+                status="expired", stage="expired", finished_at=now, error_code=ErrorCode.DEADLINE_EXCEEDED.value,
+                error_message="the job was not started before its deadline",
+                retryable=ErrorCode.DEADLINE_EXCEEDED.retryable,
             )  # fmt: skip
             .returning(JOBS.c.id)
         )
@@ -336,9 +336,9 @@ class JobStore:
             update(JOBS)
             .where(*lost, JOBS.c.attempts >= max_attempts)
             .values(
-                status="failed", stage="failed", finished_at=now, error_code="worker_lost",
+                status="failed", stage="failed", finished_at=now, error_code=ErrorCode.WORKER_LOST.value,
                 error_message=f"the worker running this job stopped responding {max_attempts} times; giving up",
-                retryable=True, lease_owner=None, lease_expires_at=None,
+                retryable=ErrorCode.WORKER_LOST.retryable, lease_owner=None, lease_expires_at=None,
             )  # fmt: skip
             .returning(JOBS.c.id)
         )

@@ -22,7 +22,7 @@ from serve_app.auth.keys import KeyStore
 from serve_app.client import AgentClient
 from serve_app.http_app import build_http_app
 from serve_app.service import AgentService
-from tests.serve_app.conftest import start_api
+from tests.serve_app.conftest import Api, start_api
 
 T = TypeVar("T")
 
@@ -30,11 +30,12 @@ T = TypeVar("T")
 class LiveApi:
     """The running server: its URL, the dev key file it wrote, and a way to run coroutines on its loop."""
 
-    def __init__(self, url: str, service: AgentService, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, url: str, api: Api, loop: asyncio.AbstractEventLoop) -> None:
         self.url = url
-        self.service = service
+        self.service: AgentService = api.service
+        self.api = api
         self.loop = loop
-        self.key_file = service.config.dev_key_file
+        self.key_file = api.service.config.dev_key_file
         dev = json.loads(self.key_file.read_text())
         self.key_id: str = dev["key_id"]
         self.secret: str = dev["secret"]
@@ -71,7 +72,7 @@ def serve_api(tmp_path: Path, **overrides: Any) -> Iterator[LiveApi]:
 
     # public_url goes into the dev key file, so `--key-file` alone reaches this server
     api = run(start_api(tmp_path, public_url=url, **overrides))
-    run(api.client.aclose())  # start_api's ASGI client; we serve over a socket instead
+    run(api.client.aclose())  # start_api's ASGI client; we serve over a socket instead (closing twice is fine)
     config = uvicorn.Config(
         build_http_app(api.service), log_level="warning", access_log=False, lifespan="off",
         timeout_graceful_shutdown=2,
@@ -84,11 +85,11 @@ def serve_api(tmp_path: Path, **overrides: Any) -> Iterator[LiveApi]:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
     try:
-        yield LiveApi(url, api.service, loop)
+        yield LiveApi(url, api, loop)
     finally:
         server.should_exit = True
         serving.result(15)
-        run(api.service.stop())
+        run(api.stop())
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()

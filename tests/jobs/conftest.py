@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from serve_app.artifacts import ArtifactStore
-from serve_app.jobs import JobStore, StoreSettings
+from serve_app.config import JobSettings
+from serve_app.jobs import JobStore
 from tests.jobs.helpers import ManualClock
 
 
@@ -30,4 +31,4 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def store(engine: AsyncEngine, artifacts: ArtifactStore, clock: ManualClock) -> JobStore:
-    return JobStore(engine, artifacts, StoreSettings(max_queued=20, default_deadline_s=600), clock=clock)
+    return JobStore(engine, artifacts, JobSettings(max_queued=20, default_deadline_s=600), clock=clock)

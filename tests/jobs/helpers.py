@@ -10,7 +10,9 @@ from typing import Any
 
 import trimesh
 
-from serve_app.jobs import GenerationRequest, JobRecord, JobStore, MeshResult, NewJob
+from deployments.contract import CANONICAL_FORMAT, GenerationError, GenerationRequest, GenerationResult, Outcome
+from deployments.mesh_io import export_mesh, mesh_stats
+from serve_app.jobs import JobRecord, JobStore, ModelUnavailable, NewJob
 
 AGENT_A = "agent-a"
 AGENT_B = "agent-b"
@@ -36,34 +38,48 @@ def new_job(**overrides: Any) -> NewJob:
     return NewJob(**values)
 
 
-class FakeModel:
-    """An async generate function returning a real icosphere; optionally held until ``release()``."""
+def result_of(mesh: trimesh.Trimesh, request: GenerationRequest, batch_size: int = 1) -> GenerationResult:
+    """What the ShapeGenerator returns for ``request`` had it made ``mesh``."""
+    return GenerationResult(
+        glb=export_mesh(mesh, CANONICAL_FORMAT), stats=mesh_stats(mesh), timings={"diffusion": 0.01},
+        batch_size=batch_size, queue_wait_s=0.0, seed=request.seed, job_id=request.job_id,
+    )  # fmt: skip
 
-    def __init__(self, *, hold: bool = False, error: Exception | None = None, empty: bool = False) -> None:
+
+class FakeModel:
+    """An async generate function returning a real icosphere; optionally held until ``release()``.
+
+    ``error``: a ``GenerationError`` is returned (as the handle returns it), any other exception raised.
+    ``unavailable``: the first that many calls raise ``ModelUnavailable`` (their replica died).
+    """
+
+    def __init__(self, *, hold: bool = False, error: Exception | None = None, unavailable: int = 0) -> None:
         self.calls: list[GenerationRequest] = []
-        self.cancelled: list[str] = []
+        self.cancelled: list[str | None] = []
         self.active = 0
         self.max_active = 0
         self._gate = asyncio.Event()
         if not hold:
             self._gate.set()
         self._error = error
-        self._empty = empty
+        self._unavailable = unavailable
 
     def release(self) -> None:
         self._gate.set()
 
-    async def __call__(self, request: GenerationRequest) -> MeshResult:
+    async def __call__(self, request: GenerationRequest) -> Outcome:
         self.calls.append(request)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
             await self._gate.wait()
+            if len(self.calls) <= self._unavailable:
+                raise ModelUnavailable("the model replica failed: ActorDiedError")
+            if isinstance(self._error, GenerationError):
+                return self._error
             if self._error is not None:
                 raise self._error
-            if self._empty:
-                return MeshResult.from_trimesh(trimesh.Trimesh())
-            return MeshResult.from_trimesh(trimesh.creation.icosphere(subdivisions=1), timings={"batch_size": 1})
+            return result_of(trimesh.creation.icosphere(subdivisions=1), request)
         except asyncio.CancelledError:
             self.cancelled.append(request.job_id)
             raise

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import trimesh
 
-from serve_app.artifacts import CONTENT_TYPES, MESH_FORMATS, ArtifactStore, MeshStats, export_mesh, load_mesh
+from deployments.contract import CONTENT_TYPES, MESH_FORMATS
+from deployments.mesh_io import export_mesh, load_mesh, mesh_stats
+from serve_app.artifacts import ArtifactStore
 
 
 def test_artifact_store_put_read_delete(artifacts: ArtifactStore) -> None:
@@ -107,7 +109,7 @@ def test_content_types_are_the_documented_ones() -> None:
 
 
 def test_mesh_stats_of_unit_box() -> None:
-    stats = MeshStats.of(trimesh.creation.box(extents=(1.0, 2.0, 4.0)))
+    stats = mesh_stats(trimesh.creation.box(extents=(1.0, 2.0, 4.0)))
 
     assert stats.to_dict() == {
         "vertices": 8,

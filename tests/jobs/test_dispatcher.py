@@ -10,19 +10,27 @@ import pytest
 import trimesh
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from serve_app.artifacts import MESH_FORMATS, ArtifactStore, load_mesh
+from deployments.contract import MESH_FORMATS, ErrorCode, GenerationError
+from deployments.mesh_io import load_mesh
+from serve_app.artifacts import ArtifactStore
+from serve_app.config import JobSettings
 from serve_app.db import create_schema, make_engine
-from serve_app.jobs import Dispatcher, DispatcherSettings, GenerationError, JobEvent, JobStore, StoreSettings
+from serve_app.jobs import Dispatcher, JobEvent, JobStore
 from tests.jobs.helpers import AGENT_A, AGENT_B, IMAGE, FakeModel, new_job, wait_for_status, wait_until
 
-FAST = DispatcherSettings(
-    concurrency=4, lease_s=3.0, poll_interval_s=0.05, maintenance_interval_s=0.1, stop_grace_s=5
-)
+FAST = JobSettings(
+    max_attempts=3, dispatcher_concurrency=4, lease_s=3.0, poll_interval_s=0.05, maintenance_interval_s=0.1,
+    stop_grace_s=5,
+)  # fmt: skip
+
+
+def quick(**changes: object) -> JobSettings:
+    return FAST.model_copy(update=changes)
 
 
 @pytest.fixture
 def live_store(engine: AsyncEngine, artifacts: ArtifactStore) -> JobStore:
-    return JobStore(engine, artifacts, StoreSettings(max_attempts=3))
+    return JobStore(engine, artifacts, FAST)
 
 
 @pytest.fixture
@@ -39,7 +47,7 @@ async def _start(
     store: JobStore,
     artifacts: ArtifactStore,
     model: FakeModel,
-    settings: DispatcherSettings = FAST,
+    settings: JobSettings = FAST,
     worker_id: str | None = None,
 ) -> Dispatcher:
     dispatcher = Dispatcher(store, artifacts, model, settings, worker_id=worker_id)
@@ -60,13 +68,7 @@ async def test_dispatcher_runs_a_job_to_success(
         await dispatcher.stop()
 
     (request,) = model.calls
-    assert (request.job_id, request.image, request.seed, request.params, request.model) == (
-        job.id,
-        IMAGE,
-        11,
-        {"octree_resolution": 64},
-        "tiny",
-    )
+    assert (request.job_id, request.image, request.seed, request.params.octree_resolution) == (job.id, IMAGE, 11, 64)
     assert (done.stage, done.progress, done.attempts, done.lease_owner) == ("done", 100, 1, None)
     assert done.error_code is None
     assert done.result_path is not None
@@ -75,8 +77,8 @@ async def test_dispatcher_runs_a_job_to_success(
     assert (done.mesh_stats["vertices"], done.mesh_stats["faces"], done.mesh_stats["watertight"]) == (42, 80, True)
     assert done.mesh_stats["bounds"] == [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]
     assert done.timings is not None
-    assert set(done.timings) == {"attempt", "queue_s", "generate_s", "export_s", "total_s", "model"}
-    assert done.timings["model"] == {"batch_size": 1}
+    assert set(done.timings) == {"attempt", "queue_s", "generate_s", "store_s", "total_s", "model"}
+    assert done.timings["model"] == {"diffusion_s": 0.01, "batch_size": 1, "queue_wait_s": 0.0}
     # The stored mesh and every download format read back as the same mesh.
     for fmt in MESH_FORMATS:
         path = artifacts.mesh_file(done.result_path, fmt)
@@ -86,11 +88,7 @@ async def test_dispatcher_runs_a_job_to_success(
     while not events.empty():
         event: JobEvent = events.get_nowait()
         seen.append((event.job_id, event.status, event.stage, event.progress))
-    assert seen == [
-        (job.id, "running", "generating", 10),
-        (job.id, "running", "exporting", 90),
-        (job.id, "succeeded", "done", 100),
-    ]
+    assert seen == [(job.id, "running", "generating", 10), (job.id, "succeeded", "done", 100)]
 
 
 async def test_dispatcher_calls_the_model_concurrently(
@@ -115,11 +113,11 @@ async def test_dispatcher_calls_the_model_concurrently(
 @pytest.mark.parametrize(
     ("error", "code", "message", "retryable"),
     [
-        (GenerationError("gpu_out_of_memory", "CUDA OOM at batch 8", retryable=True), "gpu_out_of_memory",
-         "CUDA OOM at batch 8", True),
+        (GenerationError(ErrorCode.OUT_OF_MEMORY, "CUDA OOM at batch 8"), "out_of_memory", "CUDA OOM at batch 8", True),
+        (GenerationError(ErrorCode.EMPTY_SURFACE, "no surface"), "empty_surface", "no surface", False),
         (RuntimeError("boom"), "internal_error", "RuntimeError: boom", True),
     ],
-)  # fmt: skip
+)
 async def test_dispatcher_records_model_failures(
     live_store: JobStore,
     artifacts: ArtifactStore,
@@ -139,26 +137,41 @@ async def test_dispatcher_records_model_failures(
     assert failed.stage == "failed"
     assert failed.result_path is None
     assert failed.timings is not None and "total_s" in failed.timings
+    assert not (artifacts.root / "results").exists()
 
 
-async def test_dispatcher_empty_mesh_fails_not_retryable(
+async def test_dispatcher_requeues_a_job_whose_model_replica_died(
     live_store: JobStore, artifacts: ArtifactStore, dispatchers: list[Dispatcher]
 ) -> None:
-    await _start(dispatchers, live_store, artifacts, FakeModel(empty=True))
+    model = FakeModel(unavailable=2)  # two replicas die under the job; the third run succeeds
+    await _start(dispatchers, live_store, artifacts, model)
+    (job,) = (await live_store.submit(AGENT_A, new_job())).jobs
+
+    done = await wait_for_status(live_store, AGENT_A, job.id, ["succeeded"])
+
+    assert [call.job_id for call in model.calls] == [job.id] * 3
+    assert (done.attempts, done.error_code) == (3, None)
+
+
+async def test_dispatcher_fails_a_job_whose_model_replica_died_on_every_attempt(
+    live_store: JobStore, artifacts: ArtifactStore, dispatchers: list[Dispatcher]
+) -> None:
+    model = FakeModel(unavailable=100)
+    await _start(dispatchers, live_store, artifacts, model)
     (job,) = (await live_store.submit(AGENT_A, new_job())).jobs
 
     failed = await wait_for_status(live_store, AGENT_A, job.id, ["failed"])
 
-    assert (failed.error_code, failed.retryable) == ("empty_mesh", False)
-    assert not (artifacts.root / "results").exists()
+    assert len(model.calls) == 3  # max_attempts
+    assert (failed.error_code, failed.retryable, failed.attempts) == ("model_unavailable", True, 3)
+    assert failed.error_message == "the model replica failed: ActorDiedError (on all 3 attempts)"
 
 
 async def test_dispatcher_stops_generating_a_cancelled_job(
     live_store: JobStore, artifacts: ArtifactStore, dispatchers: list[Dispatcher]
 ) -> None:
     model = FakeModel(hold=True)
-    settings = DispatcherSettings(lease_s=0.3, poll_interval_s=0.05, maintenance_interval_s=0.1)
-    dispatcher = await _start(dispatchers, live_store, artifacts, model, settings)
+    dispatcher = await _start(dispatchers, live_store, artifacts, model, quick(lease_s=0.3))
     (job,) = (await live_store.submit(AGENT_A, new_job())).jobs
     await wait_until(lambda: model.active == 1)
 
@@ -173,30 +186,29 @@ async def test_dispatcher_stops_generating_a_cancelled_job(
     assert dispatcher.in_flight == frozenset()
 
 
-async def test_dispatcher_drops_a_result_cancelled_before_export(
+async def test_dispatcher_drops_the_mesh_of_a_job_cancelled_while_generating(
     live_store: JobStore, artifacts: ArtifactStore, dispatchers: list[Dispatcher]
 ) -> None:
     model = FakeModel(hold=True)
-    await _start(dispatchers, live_store, artifacts, model)  # heartbeat every second: it will not notice first
+    dispatcher = await _start(dispatchers, live_store, artifacts, model)  # heartbeat every second: not first
     (job,) = (await live_store.submit(AGENT_A, new_job())).jobs
     await wait_until(lambda: model.active == 1)
 
     await live_store.cancel(AGENT_A, job.id)
     model.release()
-    await wait_until(lambda: model.active == 0)
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: dispatcher.in_flight == frozenset())  # its run ended: completion was refused
 
     after = await live_store.get(AGENT_A, job.id)
     assert after is not None
     assert (after.status, after.stage, after.result_path) == ("cancelled", "cancelled", None)
-    assert not (artifacts.root / "results").exists()
+    assert list((artifacts.root / "results").rglob("*.glb")) == []
 
 
 async def test_dispatcher_restart_recovers_a_crashed_job_exactly_once(
     engine: AsyncEngine, artifacts: ArtifactStore, dispatchers: list[Dispatcher]
 ) -> None:
     store = JobStore(engine, artifacts)
-    settings = DispatcherSettings(lease_s=0.5, poll_interval_s=0.05, maintenance_interval_s=0.1)
+    settings = quick(lease_s=0.5)
     crashed_model = FakeModel(hold=True)
     first = await _start(dispatchers, store, artifacts, crashed_model, settings, worker_id="instance-1")
     (job,) = (await store.submit(AGENT_A, new_job())).jobs
@@ -250,7 +262,7 @@ async def test_dispatcher_stop_waits_for_jobs_in_flight(
     await wait_until(lambda: model.active == 1)
 
     stopping = asyncio.create_task(dispatcher.stop(grace_s=5))
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: dispatcher.stopping)
     model.release()
     await stopping
 
@@ -261,8 +273,7 @@ async def test_dispatcher_expires_jobs_past_their_deadline(
     live_store: JobStore, artifacts: ArtifactStore, dispatchers: list[Dispatcher]
 ) -> None:
     model = FakeModel(hold=True)
-    settings = DispatcherSettings(concurrency=1, lease_s=3, poll_interval_s=0.05, maintenance_interval_s=0.05)
-    await _start(dispatchers, live_store, artifacts, model, settings)
+    await _start(dispatchers, live_store, artifacts, model, quick(dispatcher_concurrency=1, maintenance_interval_s=0.05))
     (busy,) = (await live_store.submit(AGENT_A, new_job())).jobs
     await wait_until(lambda: model.active == 1)
     (late,) = (await live_store.submit(AGENT_B, new_job(deadline_s=0.1))).jobs
@@ -291,8 +302,3 @@ async def test_dispatcher_keeps_running_through_database_errors(
     finally:
         await dispatchers[0].stop()
         await engine.dispose()
-
-
-def test_dispatcher_settings_invalid_refused() -> None:
-    with pytest.raises(ValueError, match="concurrency must be at least 1, got 0"):
-        DispatcherSettings(concurrency=0)

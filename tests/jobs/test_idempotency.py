@@ -6,12 +6,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from serve_app.artifacts import ArtifactStore
+from serve_app.config import JobSettings
 from serve_app.jobs import (
     IdempotencyConflict,
     IdempotencyInProgress,
     JobStore,
     QueueFull,
-    StoreSettings,
     request_fingerprint,
 )
 from serve_app.jobs import idempotency
@@ -90,7 +90,7 @@ async def test_submit_key_is_scoped_per_agent(store: JobStore) -> None:
 async def test_submit_refused_by_full_queue_frees_the_key(
     engine: AsyncEngine, artifacts: ArtifactStore, clock: ManualClock
 ) -> None:
-    store = JobStore(engine, artifacts, StoreSettings(max_queued=1), clock=clock)
+    store = JobStore(engine, artifacts, JobSettings(max_queued=1), clock=clock)
     await store.submit(AGENT_B, new_job())
     with pytest.raises(QueueFull):
         await store.submit(AGENT_A, new_job(), idempotency_key="k1", request_hash=BODY)

@@ -7,7 +7,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from serve_app.artifacts import ArtifactStore
 from serve_app.db import make_engine
-from serve_app.jobs import JobStore, StoreSettings
+from deployments.contract import ErrorCode
+from serve_app.config import JobSettings
+from serve_app.jobs import JobStore
 from tests.jobs.helpers import AGENT_A, AGENT_B, ManualClock, new_job
 
 RESULT = {"result_path": "results/job/mesh-1.glb", "mesh_stats": {"faces": 80}, "timings": {"total_s": 1.0}}
@@ -86,9 +88,8 @@ async def test_expired_lease_is_requeued_and_stale_worker_cannot_complete(store:
     assert (reclaimed.attempts, reclaimed.started_at) == (2, datetime(2030, 1, 1, 12, 0, 0))
     # The first worker comes back from a long pause: every write of it is refused.
     assert await store.heartbeat("worker-1", [job.id], lease_s=30) == set()
-    assert await store.set_stage(job.id, "worker-1", "exporting", 90) is False
     assert await store.complete(job.id, "worker-1", **RESULT) is False
-    assert await store.fail(job.id, "worker-1", code="x", message="x", retryable=False) is False
+    assert await store.fail(job.id, "worker-1", code=ErrorCode.INTERNAL_ERROR, message="x") is False
     # The current owner completes, once.
     assert await store.complete(job.id, "worker-2", **RESULT) is True
     assert await store.complete(job.id, "worker-2", **RESULT) is False
@@ -106,7 +107,7 @@ async def test_expired_lease_is_requeued_and_stale_worker_cannot_complete(store:
 async def test_lease_lost_too_often_fails_the_job(
     engine: AsyncEngine, artifacts: ArtifactStore, clock: ManualClock
 ) -> None:
-    store = JobStore(engine, artifacts, StoreSettings(max_attempts=2), clock=clock)
+    store = JobStore(engine, artifacts, JobSettings(max_attempts=2), clock=clock)
     (job,) = (await store.submit(AGENT_A, new_job())).jobs
     for attempt in (1, 2):
         await store.claim(f"worker-{attempt}", 1, lease_s=10)
@@ -124,13 +125,13 @@ async def test_fail_records_code_message_and_retryable(store: JobStore) -> None:
     (job,) = (await store.submit(AGENT_A, new_job())).jobs
     await store.claim("worker-1", 1, lease_s=30)
 
-    assert await store.fail(job.id, "worker-1", code="gpu_out_of_memory", message="OOM", retryable=True) is True
+    assert await store.fail(job.id, "worker-1", code=ErrorCode.OUT_OF_MEMORY, message="OOM") is True
 
     failed = await store.get(AGENT_A, job.id)
     assert failed is not None
     assert (failed.status, failed.error_code, failed.error_message, failed.retryable) == (
         "failed",
-        "gpu_out_of_memory",
+        "out_of_memory",
         "OOM",
         True,
     )

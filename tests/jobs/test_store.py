@@ -7,7 +7,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from serve_app.artifacts import ArtifactStore
-from serve_app.jobs import JobStore, NewJob, QueueFull, StoreSettings
+from serve_app.config import JobSettings
+from serve_app.jobs import JobStore, NewJob, QueueFull
 from tests.jobs.helpers import AGENT_A, AGENT_B, IMAGE, ManualClock, new_job
 
 START = datetime(2030, 1, 1, 12, 0, 0)
@@ -47,7 +48,7 @@ async def test_submit_without_seed_records_a_drawn_seed(store: JobStore) -> None
 async def test_submit_deadline_override_and_none(
     engine: AsyncEngine, artifacts: ArtifactStore, clock: ManualClock
 ) -> None:
-    store = JobStore(engine, artifacts, StoreSettings(default_deadline_s=None), clock=clock)
+    store = JobStore(engine, artifacts, JobSettings(default_deadline_s=None), clock=clock)
 
     (without,) = (await store.submit(AGENT_A, new_job())).jobs
     (with_own,) = (await store.submit(AGENT_A, new_job(deadline_s=30))).jobs
@@ -97,7 +98,7 @@ async def test_get_another_agents_job_is_none(store: JobStore) -> None:
     assert await store.get(AGENT_B, job.id) is None
     assert await store.get(AGENT_A, "job_" + "0" * 32) is None
     assert await store.get_batch(AGENT_B, batch.batch_id) is None  # type: ignore[arg-type]
-    assert (await store.list(AGENT_B)).jobs == ()
+    assert (await store.list_jobs(AGENT_B)).jobs == ()
     assert await store.cancel(AGENT_B, job.id) is None
     assert (await store.get(AGENT_A, job.id)).status == "queued"  # type: ignore[union-attr]
 
@@ -109,9 +110,9 @@ async def test_list_pages_newest_first_with_cursor(store: JobStore, clock: Manua
         clock.advance(1)
     await store.submit(AGENT_B, new_job())
 
-    first = await store.list(AGENT_A, limit=2)
-    second = await store.list(AGENT_A, limit=2, cursor=first.next_cursor)
-    third = await store.list(AGENT_A, limit=2, cursor=second.next_cursor)
+    first = await store.list_jobs(AGENT_A, limit=2)
+    second = await store.list_jobs(AGENT_A, limit=2, cursor=first.next_cursor)
+    third = await store.list_jobs(AGENT_A, limit=2, cursor=second.next_cursor)
 
     assert [job.id for job in first.jobs + second.jobs + third.jobs] == ids[::-1]
     assert third.next_cursor is None
@@ -123,7 +124,7 @@ async def test_list_pages_through_a_batch_with_equal_timestamps(store: JobStore)
     seen: list[str] = []
     cursor = None
     while True:
-        page = await store.list(AGENT_A, limit=3, cursor=cursor)
+        page = await store.list_jobs(AGENT_A, limit=3, cursor=cursor)
         seen += [job.id for job in page.jobs]
         if page.next_cursor is None:
             break
@@ -138,9 +139,9 @@ async def test_list_filters_by_status(store: JobStore) -> None:
     (cancelled,) = (await store.submit(AGENT_A, new_job())).jobs
     await store.cancel(AGENT_A, cancelled.id)
 
-    assert [job.id for job in (await store.list(AGENT_A, status="queued")).jobs] == [kept.id]
-    assert [job.id for job in (await store.list(AGENT_A, status="cancelled")).jobs] == [cancelled.id]
-    assert (await store.list(AGENT_A, status="running")).jobs == ()
+    assert [job.id for job in (await store.list_jobs(AGENT_A, status="queued")).jobs] == [kept.id]
+    assert [job.id for job in (await store.list_jobs(AGENT_A, status="cancelled")).jobs] == [cancelled.id]
+    assert (await store.list_jobs(AGENT_A, status="running")).jobs == ()
 
 
 @pytest.mark.parametrize(
@@ -153,7 +154,7 @@ async def test_list_filters_by_status(store: JobStore) -> None:
 )
 async def test_list_invalid_arguments_refused(store: JobStore, kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        await store.list(AGENT_A, **kwargs)  # type: ignore[arg-type]
+        await store.list_jobs(AGENT_A, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_cancel_queued_job(store: JobStore, clock: ManualClock) -> None:
@@ -181,7 +182,7 @@ async def test_cancel_finished_job_leaves_it_unchanged(store: JobStore) -> None:
 async def test_submit_queue_full_raises_with_retry_after(
     engine: AsyncEngine, artifacts: ArtifactStore, clock: ManualClock
 ) -> None:
-    store = JobStore(engine, artifacts, StoreSettings(max_queued=3, queue_full_retry_after_s=7), clock=clock)
+    store = JobStore(engine, artifacts, JobSettings(max_queued=3, queue_full_retry_after_s=7), clock=clock)
     await store.submit_batch(AGENT_A, [new_job(), new_job()])
 
     with pytest.raises(QueueFull) as raised:
@@ -203,6 +204,6 @@ async def test_submit_image_format_names_the_artifact(store: JobStore) -> None:
     assert job.input_path == f"inputs/{job.id}.webp"
 
 
-def test_store_settings_invalid_refused() -> None:
-    with pytest.raises(ValueError, match="max_queued and max_attempts must be at least 1, got 0, 3"):
-        StoreSettings(max_queued=0)
+def test_job_settings_invalid_refused() -> None:
+    with pytest.raises(ValueError, match="max_queued\n  Input should be greater than or equal to 1"):
+        JobSettings(max_queued=0)

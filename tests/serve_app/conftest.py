@@ -1,5 +1,6 @@
-"""An in-process agent API: the real service (SQLite, artifacts, dispatcher, auth) over ASGI, with a model
-stand-in that returns a real mesh. The Ray end-to-end tests live in tests/integration."""
+"""An in-process agent API: the real ingress service (SQLite, artifacts, auth) over ASGI and a real job
+worker beside it, with a model stand-in that returns a real mesh. The Ray end-to-end tests live in
+tests/integration."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ import pytest
 import trimesh
 from PIL import Image
 
+from deployments.contract import ErrorCode, GenerationError, GenerationRequest, Outcome
 from serve_app.auth.keys import KeyStore
 from serve_app.auth.signing import AgentSigner
 from serve_app.config import AppConfig, JobSettings
 from serve_app.http_app import build_http_app
-from serve_app.jobs import GenerationError, GenerationRequest, MeshResult
 from serve_app.service import AgentService
+from serve_app.worker_service import WorkerService
+from tests.jobs.helpers import result_of
 
 
 def png_bytes(size=(64, 48), color=(200, 40, 40, 255), mode="RGBA") -> bytes:
@@ -35,19 +38,24 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-async def sphere_model(request: GenerationRequest) -> MeshResult:
+async def sphere_model(request: GenerationRequest) -> Outcome:
     """Stands in for the ShapeGenerator: a real mesh whose size depends on the seed."""
-    if request.params.get("num_inference_steps") == 13:  # lets a test make the model fail on purpose
-        raise GenerationError("empty_surface", "no surface found", retryable=False)
+    if request.params.num_inference_steps == 13:  # lets a test make the model fail on purpose
+        return GenerationError(ErrorCode.EMPTY_SURFACE, "no surface found", request.job_id)
     await asyncio.sleep(0.01)
-    mesh = trimesh.creation.icosphere(subdivisions=2, radius=0.5 + (request.seed % 5) / 10)
-    return MeshResult.from_trimesh(mesh, {"batch_size": 1})
+    return result_of(trimesh.creation.icosphere(subdivisions=2, radius=0.5 + (request.seed % 5) / 10), request)
 
 
 class Api:
-    def __init__(self, service: AgentService, client: httpx.AsyncClient) -> None:
+    def __init__(self, service: AgentService, worker: WorkerService, client: httpx.AsyncClient) -> None:
         self.service = service
+        self.worker = worker
         self.client = client
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        await self.worker.stop()
+        await self.service.stop()
 
     async def wait_finished(self, job_id: str, timeout: float = 10.0) -> dict:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -74,24 +82,23 @@ async def start_api(tmp_path: Path, *, dispatcher: bool = True, **overrides) -> 
         jobs=JobSettings(poll_interval_s=0.05, **overrides.pop("jobs", {})),
         **overrides,
     )
-    service = await AgentService.start(config, sphere_model, run_dispatcher=dispatcher)
+    worker = await WorkerService.start(config, sphere_model, dispatch=dispatcher)
+    service = await AgentService.start(config, worker.notify)
     dev = json.loads(config.dev_key_file.read_text())
     transport = httpx.ASGITransport(app=build_http_app(service))
-    return Api(service, _client(transport, AgentSigner(dev["key_id"], dev["secret"])))
+    return Api(service, worker, _client(transport, AgentSigner(dev["key_id"], dev["secret"])))
 
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
     api = await start_api(tmp_path)
     yield api
-    await api.client.aclose()
-    await api.service.stop()
+    await api.stop()
 
 
 @pytest.fixture
 async def paused_api(tmp_path: Path) -> AsyncIterator[Api]:
-    """No dispatcher: jobs stay queued."""
+    """No job worker dispatching: jobs stay queued."""
     api = await start_api(tmp_path, dispatcher=False, jobs={"max_queued": 3})
     yield api
-    await api.client.aclose()
-    await api.service.stop()
+    await api.stop()

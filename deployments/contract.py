@@ -1,0 +1,189 @@
+"""What crosses the ShapeGenerator's DeploymentHandle, and the service's shared vocabulary.
+
+One definition of each, imported by both sides: the job worker (``serve_app``) builds a
+:class:`GenerationRequest` and gets back a :class:`GenerationResult` or a :class:`GenerationError`; the
+agent API, the job store and the light client use the same priorities, mesh formats, seed bounds, job
+statuses and error codes. This module imports neither torch nor Ray (nor numpy): the light agent client
+and the HTTP ingress import it.
+
+Ray pickles these values between processes, so they carry encoded bytes (the image in, GLB out), not
+decoded pixels, tensors or trimesh objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal, get_args
+
+from deployments.hunyuan3d.params import GenerationParams
+
+# --- priorities, formats, seeds, statuses -----------------------------------------------------------------
+
+Priority = Literal["normal", "critical"]
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+"""``critical`` jobs are claimed first and skip the model's batch window (they run alone, next)."""
+
+MeshFormat = Literal["glb", "obj", "stl", "ply"]
+MESH_FORMATS: tuple[MeshFormat, ...] = get_args(MeshFormat)
+# The model returns GLB and the store keeps it; other formats are converted from it on download.
+CANONICAL_FORMAT: MeshFormat = "glb"
+# IANA-registered types where one exists. PLY has no registered type; application/x-ply is the one
+# desktop mesh tools and freedesktop.org use.
+CONTENT_TYPES: dict[MeshFormat, str] = {
+    "glb": "model/gltf-binary",
+    "obj": "model/obj",
+    "stl": "model/stl",
+    "ply": "application/x-ply",
+}
+
+# Seeds feed 64-bit torch generators and a BIGINT column.
+MAX_SEED = 2**63 - 1
+# Seeds the service draws stay below 2^53, so JSON clients that read numbers as doubles (JavaScript) get
+# them back exactly; agents may still send any seed up to MAX_SEED.
+MAX_DRAWN_SEED = 2**53 - 1
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled", "expired"})
+
+
+# --- error codes ----------------------------------------------------------------------------------------
+
+
+class ErrorCode(str, Enum):
+    """Why a job failed: the ``error.code`` of a failed or expired job.
+
+    ``retryable``: whether submitting the same request again may succeed (memory pressure passes, replicas
+    come back, bugs get fixed); the others are properties of the input itself. ``meaning`` is what the
+    agent guide's table says (docs/agent-guide.md is tested against this enum).
+    """
+
+    retryable: bool
+    meaning: str
+
+    def __new__(cls, code: str, retryable: bool, meaning: str) -> ErrorCode:
+        member = str.__new__(cls, code)
+        member._value_ = code
+        member.retryable = retryable
+        member.meaning = meaning
+        return member
+
+    INVALID_IMAGE = ("invalid_image", False, "the model could not decode the image, or nothing is visible in it")
+    INVALID_REQUEST = ("invalid_request", False, "the parameters are not valid for this model")
+    EMPTY_SURFACE = ("empty_surface", False, "the model found no surface in this image; try another image or seed")
+    OUT_OF_MEMORY = ("out_of_memory", True, "the GPU ran out of memory even for this job alone")
+    MODEL_UNAVAILABLE = (
+        "model_unavailable",
+        True,
+        "the model replica failed or vanished on every attempt (`jobs.max_attempts`)",
+    )
+    WORKER_LOST = ("worker_lost", True, "the worker running the job stopped responding on every attempt")
+    DEADLINE_EXCEEDED = ("deadline_exceeded", True, "the job was not started before its deadline (status `expired`)")
+    INTERNAL_ERROR = ("internal_error", True, "a bug; the job's message and the server log say more")
+
+
+class GenerationError(Exception):
+    """One request failed; its batch-mates did not.
+
+    ``ShapeGenerator.generate`` RETURNS it (a raised exception would fail a whole Serve batch), so the caller
+    gets it through the handle as a value with its ``code`` intact.
+    """
+
+    def __init__(self, code: ErrorCode | str, message: str, job_id: str | None = None) -> None:
+        self.code = ErrorCode(code)
+        self.message = message
+        self.job_id = job_id
+        super().__init__(f"{self.code.value}: {message}")
+
+    @property
+    def retryable(self) -> bool:
+        return self.code.retryable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickling replays self.args (the formatted text); rebuild from the fields instead
+        return (type(self), (self.code.value, self.message, self.job_id))
+
+
+# --- request and result ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One job for the model: an image, its seed, its parameters and how urgent it is.
+
+    ``image``: the encoded PNG/JPEG/WebP bytes as the agent sent them (decoded once, in the replica).
+    ``params``: a :class:`GenerationParams`, or a dict of its fields (validated here, raising ``ValueError``
+    in the caller's process, so a bad parameter never reaches the GPU queue).
+    ``job_id``: echoed in the result or error so both sides can log against it.
+    """
+
+    image: bytes
+    seed: int = 0
+    params: GenerationParams = field(default_factory=GenerationParams)
+    priority: Priority = "normal"
+    job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image, (bytearray, memoryview)):
+            object.__setattr__(self, "image", bytes(self.image))
+        if not isinstance(self.image, bytes):
+            raise TypeError(f"image must be the encoded image bytes, got {type(self.image).__name__}")
+        if not self.image:
+            raise ValueError("image is empty: send the encoded PNG, JPEG or WebP bytes")
+        check_seed(self.seed)
+        if isinstance(self.params, dict):
+            object.__setattr__(self, "params", GenerationParams.from_dict(self.params))
+        elif not isinstance(self.params, GenerationParams):
+            raise TypeError(f"params must be GenerationParams or a dict, got {type(self.params).__name__}")
+        if self.priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {list(PRIORITIES)}, got {self.priority!r}")
+
+
+@dataclass(frozen=True)
+class MeshStats:
+    """What an agent sees about a mesh in the job status (JSON-friendly through :meth:`to_dict`)."""
+
+    vertices: int
+    faces: int
+    area: float
+    bounds: tuple[tuple[float, float, float], tuple[float, float, float]]
+    watertight: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vertices": self.vertices,
+            "faces": self.faces,
+            "area": self.area,
+            "bounds": [list(self.bounds[0]), list(self.bounds[1])],
+            "watertight": self.watertight,
+        }
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One mesh, exported in the replica, and how it was made.
+
+    ``glb``: the mesh as binary glTF, in the official Hunyuan3D frame (what the store keeps).
+    ``timings``: wall-clock seconds per stage of the pass this item rode in (the whole pass, all
+    ``batch_size`` items, not a per-item share), export included. ``queue_wait_s``: from arrival at the
+    replica to the start of its GPU pass.
+    """
+
+    glb: bytes
+    stats: MeshStats
+    timings: dict[str, float]
+    batch_size: int
+    queue_wait_s: float
+    seed: int
+    job_id: str | None = None
+
+
+Outcome = GenerationResult | GenerationError
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` if it is an integer in 0..MAX_SEED, else ``ValueError`` naming the bounds."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer between 0 and {MAX_SEED}, got {seed!r}")
+    return seed

@@ -1,0 +1,51 @@
+"""The durable side both replicas open: the database (every table created), artifacts and the job store.
+
+The ingress and the job workers each open their own from the one :class:`AppConfig`; they share nothing
+in memory, only the database and the artifact directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import serve_app.auth.keys  # noqa: F401  (registers the auth tables on Base)
+import serve_app.auth.nonces  # noqa: F401
+import serve_app.auth.ratelimit  # noqa: F401
+from serve_app.artifacts import ArtifactStore
+from serve_app.config import AppConfig
+from serve_app.db import create_schema, make_engine
+from serve_app.jobs import JobStore
+
+logger = logging.getLogger("orfeas.storage")
+
+
+@dataclass
+class Storage:
+    engine: AsyncEngine
+    artifacts: ArtifactStore
+    store: JobStore
+
+    @classmethod
+    async def open(cls, config: AppConfig) -> Storage:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(config.resolved_database_url)
+        await create_schema(engine)
+        artifacts = ArtifactStore(config.artifacts_dir)
+        return cls(engine, artifacts, JobStore(engine, artifacts, config.jobs))
+
+    async def ready(self) -> bool:
+        """Whether the database answers (readiness and health checks)."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:  # readiness reports, it does not raise
+            logger.warning("database not reachable", exc_info=True)
+            return False
+
+    async def close(self) -> None:
+        await self.engine.dispose()
