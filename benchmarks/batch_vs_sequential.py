@@ -36,8 +36,9 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from deployments.generator_config import DEFAULT_MODEL  # noqa: E402
-from deployments.hunyuan3d import STAGES, GenerationParams  # noqa: E402
-from deployments.messages import GenerationRequest, GenerationResult  # noqa: E402
+from deployments.engine import PASS_STAGES as STAGES  # noqa: E402
+from deployments.hunyuan3d import GenerationParams  # noqa: E402
+from deployments.contract import GenerationRequest, GenerationResult  # noqa: E402
 from deployments.shape_generator import ShapeGenerator  # noqa: E402
 
 IMAGES = REPO / "tests" / "fixtures" / "images"

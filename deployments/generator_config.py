@@ -40,23 +40,40 @@ class GeneratorConfig(BaseModel):
 
     model: str = Field(
         default=DEFAULT_MODEL,
-        description="Released model folder (config.yaml + weights). With random_weights: a variant name "
-        "(e.g. hunyuan3d-dit-v2-0), a config.yaml or a folder, built with random weights.",
+        description="Released model folder (`config.yaml` + weights), relative to the repository. With "
+        "`random_weights`: a variant name (e.g. `hunyuan3d-dit-v2-0`), a `config.yaml` or a folder.",
     )
-    random_weights: bool = False
-    weights_seed: int = 0
+    random_weights: bool = Field(
+        default=False,
+        description="Build the architecture with random weights (benchmarks, tests); `model` may then be a "
+        "variant name.",
+    )
+    weights_seed: int = Field(default=0, description="Seed of the random weights (with `random_weights`).")
     variant: str | None = Field(
         default=None, description="Row of the VRAM batch table; defaults to the model folder or variant name."
     )
-    device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda or cuda:N")
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    torch_threads: PositiveInt | None = Field(default=None, description="torch intra-op threads; None keeps torch's")
-    warmup: bool = True
+    device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto", description="Weights and compute precision; auto: float16 on CUDA, float32 on CPU."
+    )
+    torch_threads: PositiveInt | None = Field(
+        default=None,
+        description="torch intra-op threads; null keeps torch's (Ray pins a 1-CPU replica to one thread).",
+    )
+    warmup: bool = Field(
+        default=True,
+        description="One pass at start (first-call allocations, kernel selection), so neither the first job "
+        "nor batch sizing pays for them.",
+    )
     warmup_params: dict[str, Any] = Field(
         default_factory=dict,
         description="GenerationParams of the warm-up pass; also the shape that max_batch_size auto/table sizes for.",
     )
-    vram_table: str = DEFAULT_VRAM_TABLE
+    vram_table: str = Field(
+        default=DEFAULT_VRAM_TABLE,
+        description="VRAM budget -> batch size table that `table` (and `auto` on CPU) sizes batches from; "
+        "relative to the repository.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -97,14 +114,22 @@ class BatchingConfig(BaseModel):
         description="Requests per GPU pass. 'auto': measure peak GPU memory at start (CPU: the table's cpu "
         "entry). 'table': look the budget up in the VRAM batch table.",
     )
-    batch_wait_timeout_s: float = Field(default=0.05, ge=0.0, le=10.0)
+    batch_wait_timeout_s: float = Field(
+        default=0.05, ge=0.0, le=10.0, description="How long a batch waits to fill once its first request arrived."
+    )
     max_concurrent_batches: int = Field(
         default=2, ge=1, le=MAX_CONCURRENT_BATCHES,
         description="Batches in flight: 1 on the GPU, the rest in surface extraction. 2 overlaps them.",
     )
-    vram_budget_gib: float | None = Field(default=None, gt=0, description="None: the whole device")
-    safety_margin: float = Field(default=0.15, ge=0.0, lt=1.0, description="auto: headroom over measured peak")
-    auto_max_batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_SIZE)
+    vram_budget_gib: float | None = Field(
+        default=None, gt=0, description="GPU memory that `auto` and `table` size batches for; null: the whole device."
+    )
+    safety_margin: float = Field(
+        default=0.15, ge=0.0, lt=1.0, description="`auto`: headroom over the measured peak memory (0.15 = 15 %)."
+    )
+    auto_max_batch_size: int = Field(
+        default=16, ge=1, le=MAX_BATCH_SIZE, description="Largest batch size `auto` tries (1, 2, 4, ... up to this)."
+    )
     inject_oom_above_batch_size: int | None = Field(
         default=None, ge=0,
         description="TEST HOOK ONLY: GPU passes larger than this raise torch.cuda.OutOfMemoryError before any "

@@ -29,6 +29,7 @@ import asyncio
 import logging
 import os
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -42,7 +43,13 @@ from .generator_config import BatchingConfig, GeneratorConfig, resolve_path
 from .hunyuan3d import ShapePipeline
 from .image_input import warmup_image
 from .contract import GenerationRequest, Outcome
-from .metrics import GeneratorMetrics, process_rss_bytes, release_free_memory
+from .metrics import (
+    GeneratorMetrics,
+    live_object_counts,
+    process_rss_bytes,
+    release_free_memory,
+    traced_python_bytes,
+)
 from .scheduling import CRITICAL, Slots
 from .vram import Sizing, VramTable, size_batches
 
@@ -130,9 +137,13 @@ class ShapeGenerator:
         return await self.engine.start_batch(queued)
 
     async def stats(self, collect_garbage: bool = False) -> dict[str, Any]:
-        """Batch settings, recent GPU passes and memory of this replica (for tests, benchmarks, debugging)."""
+        """Batch settings, recent GPU passes, what runs now and memory of this replica (for tests,
+        benchmarks, debugging). ``collect_garbage``: collect and trim the heap first, and count live
+        objects by kind (a fraction of a second)."""
+        live_objects = None
         if collect_garbage:
             release_free_memory()
+            live_objects = live_object_counts()
         device = self.pipeline.device
         return {
             "pid": os.getpid(),
@@ -143,10 +154,21 @@ class ShapeGenerator:
             "admission_slots": self.admission.size,
             "oom_splits": self.engine.oom_splits_total,
             "passes": self.engine.history(),
+            "gpu_busy": self.engine.gpu.locked,
+            "gpu_waiting": self.engine.gpu.waiting,
+            "live_objects": live_objects,
+            "traced_python_bytes": traced_python_bytes(),
             "rss_bytes": process_rss_bytes(),
             "cuda_allocated_bytes": torch.cuda.memory_allocated(device) if device.type == "cuda" else None,
             "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         }
+
+    async def trace_python_memory(self, on: bool) -> None:
+        """Start (or stop) ``tracemalloc`` in this replica, for exact heap readings in ``stats()``."""
+        if on and not tracemalloc.is_tracing():
+            tracemalloc.start()
+        elif not on:
+            tracemalloc.stop()
 
     # --- internals --------------------------------------------------------------------------------------
 

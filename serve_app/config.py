@@ -20,16 +20,24 @@ class ApiLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(4096 * 4096, ge=256)
-    min_image_side: int = Field(16, ge=1)
-    max_batch_items: int = Field(64, ge=1)
-    max_inference_steps: int = Field(100, ge=1, le=200)
-    min_octree_resolution: int = Field(32, ge=16)
-    max_octree_resolution: int = Field(384, le=512)
-    max_guidance_scale: float = Field(20.0, gt=0)
-    max_list_page: int = Field(100, ge=1, le=200)
-    max_wait_s: float = Field(30.0, ge=0)
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest accepted image in bytes (decoded); larger ones get 413."
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=256,
+        description="Most pixels (width x height) an image may have; decompression bombs are refused from the header.",
+    )
+    min_image_side: int = Field(16, ge=1, description="Shortest accepted image side in pixels; smaller ones get 422.")
+    max_batch_items: int = Field(64, ge=1, description="Items per `POST /api/agent/batches`.")
+    max_inference_steps: int = Field(100, ge=1, le=200, description="Most `num_inference_steps` an agent may ask for.")
+    min_octree_resolution: int = Field(32, ge=16, description="Lowest `octree_resolution` an agent may ask for.")
+    max_octree_resolution: int = Field(384, le=512, description="Highest `octree_resolution` an agent may ask for.")
+    max_guidance_scale: float = Field(20.0, gt=0, description="Highest `guidance_scale` an agent may ask for.")
+    max_list_page: int = Field(100, ge=1, le=200, description="Most jobs one page of a job list returns.")
+    max_wait_s: float = Field(
+        30.0, ge=0,
+        description="Cap of the `?wait=` long-poll in seconds; keep it below the proxy's `request_timeout_s`.",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> ApiLimits:
@@ -43,9 +51,13 @@ class DefaultParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    num_inference_steps: int = 50
-    guidance_scale: float = 5.0
-    octree_resolution: int = 256
+    num_inference_steps: int = Field(
+        50, description="Denoising steps of a job that does not set them; fewer are faster and coarser."
+    )
+    guidance_scale: float = Field(5.0, description="Classifier-free guidance scale of a job that does not set it.")
+    octree_resolution: int = Field(
+        256, description="Surface extraction grid of a job that does not set it; higher is finer and slower."
+    )
 
 
 class JobSettings(BaseModel):
@@ -53,28 +65,55 @@ class JobSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # queued jobs beyond which submissions get 503 queue_full (a soft bound: concurrent submits may pass it)
-    max_queued: int = Field(1000, ge=1)
-    queue_full_retry_after_s: int = Field(10, ge=1)
-    # how long a job may wait to start before it expires (null: forever)
-    default_deadline_s: float | None = Field(3600.0, gt=0)
-    # runs of one job before it fails because its worker or model replica kept vanishing
-    max_attempts: int = Field(3, ge=1)
-    idempotency_ttl_s: float = Field(24 * 3600.0, gt=0)
-    # a request still being processed under its Idempotency-Key after this long is taken as abandoned
-    idempotency_pending_timeout_s: float = Field(120.0, gt=0)
-    # false: the job workers claim nothing (drain/maintenance, or API-only benchmarks); the API still accepts
-    dispatch: bool = True
-    # jobs in flight per worker replica; >= the model's max_batch_size * (max_concurrent_batches + 1)
-    dispatcher_concurrency: int = Field(8, ge=1)
-    # a crashed worker's jobs are retried this long after its last heartbeat
-    lease_s: float = Field(60.0, gt=0)
-    # how often an idle worker looks for work (submissions wake one at once)
-    poll_interval_s: float = Field(0.5, gt=0)
-    # how often a worker expires overdue jobs, requeues lost leases and purges idempotency keys
-    maintenance_interval_s: float = Field(10.0, gt=0)
-    # on shutdown, jobs in flight may finish this long; the rest go back to the queue
-    stop_grace_s: float = Field(30.0, ge=0)
+    max_queued: int = Field(
+        1000, ge=1,
+        description="Queued jobs beyond which submissions get `503 queue_full` + `Retry-After` "
+        "(a soft bound: concurrent submits may pass it).",
+    )
+    queue_full_retry_after_s: int = Field(
+        10, ge=1, description="The `Retry-After` seconds a `503 queue_full` response carries."
+    )
+    default_deadline_s: float | None = Field(
+        3600.0, gt=0, description="How long a job may wait to start before it expires (null: forever)."
+    )
+    max_attempts: int = Field(
+        3, ge=1,
+        description="Runs of one job before it fails with `worker_lost` because its worker or model replica "
+        "kept vanishing.",
+    )
+    idempotency_ttl_s: float = Field(24 * 3600.0, gt=0, description="How long `Idempotency-Key`s are remembered.")
+    idempotency_pending_timeout_s: float = Field(
+        120.0, gt=0,
+        description="A request still being processed under its `Idempotency-Key` after this long is taken as "
+        "abandoned, so a retry with the key may run.",
+    )
+    dispatch: bool = Field(
+        True,
+        description="false: the job workers claim nothing (draining, maintenance, API-only benchmarks); "
+        "the API still accepts and stores jobs.",
+    )
+    dispatcher_concurrency: int = Field(
+        8, ge=1,
+        description="Jobs in flight per `JobWorker` replica; keep it >= the generator's "
+        "`max_batch_size * (max_concurrent_batches + 1)` so its batches can fill.",
+    )
+    lease_s: float = Field(
+        60.0, gt=0,
+        description="A crashed worker's jobs are retried this long after its last heartbeat "
+        "(leases are renewed every third of it); shorter recovers sooner.",
+    )
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="How often an idle worker looks for work (submissions wake one at once)."
+    )
+    maintenance_interval_s: float = Field(
+        10.0, gt=0,
+        description="How often a worker expires overdue jobs, requeues lost leases and purges idempotency keys.",
+    )
+    stop_grace_s: float = Field(
+        30.0, ge=0,
+        description="On shutdown, jobs in flight may finish this long; the rest go back to the queue. "
+        "Keep it below the JobWorker's `graceful_shutdown_timeout_s` (40 s).",
+    )
 
 
 class StreamSettings(BaseModel):
@@ -82,31 +121,49 @@ class StreamSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # how often a stream or long-poll re-reads its job
-    poll_interval_s: float = Field(0.5, gt=0, le=10)
-    # a comment line after this much silence keeps idle proxies from closing the stream
-    keepalive_s: float = Field(15.0, gt=0)
+    poll_interval_s: float = Field(
+        0.5, gt=0, le=10, description="How often an event stream or `?wait=` long-poll re-reads its job."
+    )
+    keepalive_s: float = Field(
+        15.0, gt=0, description="A comment line after this much silence keeps idle proxies from closing the stream."
+    )
 
 
 class AppConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # dev: the embedded default; creates a development agent key and a master key on first start.
-    mode: Literal["dev", "production"] = "dev"
-    data_dir: Path = Path(".orfeas")
-    # default: SQLite in the data directory; clusters: postgresql+asyncpg://user@host/db
-    database_url: str | None = None
-    # where agents reach the API (written into the dev key file; used for nothing security-relevant)
-    public_url: str = "http://127.0.0.1:8000"
-    # every auth decision is also appended here, one JSON object per line (relative to data_dir; null: off)
-    auth_audit_file: str | None = "auth-audit.jsonl"
-    # the model name jobs are recorded with and capabilities report (the builder fills in the generator's)
-    model_name: str = "hunyuan3d-dit-v2-0"
-    defaults: DefaultParams = DefaultParams()
-    limits: ApiLimits = ApiLimits()
-    jobs: JobSettings = JobSettings()
-    streams: StreamSettings = StreamSettings()
-    auth: AuthSettings = AuthSettings()
+    mode: Literal["dev", "production"] = Field(
+        "dev",
+        description="`dev` (the embedded default) creates a master key file and a development agent key on "
+        "first start; `production` never creates keys.",
+    )
+    data_dir: Path = Field(
+        Path(".orfeas"),
+        description="SQLite file, artifacts (`artifacts/inputs`, `artifacts/results`), dev keys, the auth audit "
+        "file; a relative path is resolved against the directory `serve run` starts in.",
+    )
+    database_url: str | None = Field(
+        None, description="null: SQLite in `data_dir`; on clusters `postgresql+asyncpg://user@host:5432/db`."
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Where agents reach the API; written into the dev key file, used for nothing security-relevant.",
+    )
+    auth_audit_file: str | None = Field(
+        "auth-audit.jsonl",
+        description="Every auth decision is also appended here as one JSON line (relative to `data_dir`; "
+        "null turns it off).",
+    )
+    model_name: str = Field(
+        "hunyuan3d-dit-v2-0",
+        description="The name jobs are recorded with and `capabilities` reports; left unset, the builder fills "
+        "in the generator's variant.",
+    )
+    defaults: DefaultParams = Field(DefaultParams(), description="Parameters a job gets when it does not set them.")
+    limits: ApiLimits = Field(ApiLimits(), description="What one request may ask for.")
+    jobs: JobSettings = Field(JobSettings(), description="The queue, the job store and the job workers.")
+    streams: StreamSettings = Field(StreamSettings(), description="Event streams and `?wait=` long-polls.")
+    auth: AuthSettings = Field(AuthSettings(), description="Request signing, allowlists, rate limits, master key.")
 
     @property
     def resolved_database_url(self) -> str:

@@ -19,12 +19,21 @@ class RateLimitSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    window_s: float = Field(60.0, gt=0)
-    max_failures_per_ip: int = Field(20, ge=1)
-    max_failures_per_key: int = Field(10, ge=1)
-    backoff_base_s: float = Field(30.0, gt=0)
-    backoff_max_s: float = Field(900.0, gt=0)
-    forgive_after_s: float = Field(3600.0, ge=0)
+    window_s: float = Field(60.0, gt=0, description="Refusals within this many seconds count toward a block.")
+    max_failures_per_ip: int = Field(
+        20, ge=1, description="Refusals from one IP within `window_s` that block it (429 + `Retry-After`)."
+    )
+    max_failures_per_key: int = Field(
+        10, ge=1, description="Refusals for one key id within `window_s` that block it (429 + `Retry-After`)."
+    )
+    backoff_base_s: float = Field(
+        30.0, gt=0, description="Length of the first block; each further block in a row doubles it."
+    )
+    backoff_max_s: float = Field(900.0, gt=0, description="Longest block; at least `backoff_base_s`.")
+    forgive_after_s: float = Field(
+        3600.0, ge=0,
+        description="A subject that stays clean this long after its last block starts again at `backoff_base_s`.",
+    )
 
     @model_validator(mode="after")
     def _backoff(self) -> RateLimitSettings:
@@ -55,21 +64,48 @@ class AuthSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    protected_prefix: str = "/api/agent/"
-    # Window of the profile: now - max_age_s <= created <= now + future_skew_s, expires >= now.
-    max_age_s: int = Field(MAX_LIFETIME_S, ge=1, le=MAX_LIFETIME_S)
-    future_skew_s: int = Field(60, ge=0, le=MAX_LIFETIME_S)
-    # host[:port] agents sign as @authority; None trusts the Host header (fine for one known hostname).
-    authority: str | None = None
-    global_allowlist: tuple[IPNetwork, ...] = ALL_ADDRESSES
-    # TCP peers whose X-Forwarded-For is believed (load balancers in front of the Serve proxy).
-    trusted_proxies: tuple[IPNetwork, ...] = ()
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=0)
-    rate_limit: RateLimitSettings = RateLimitSettings()
-    # How often (per process) expired nonces and stale failure counters are deleted.
-    purge_interval_s: float = Field(60.0, gt=0)
-    master_key_env: str = "ORFEAS_MASTER_KEY"
-    master_key_file: Path | None = None
+    protected_prefix: str = Field(
+        "/api/agent/",
+        description="Paths under this prefix need a valid agent signature; others (e.g. `/healthz`) do not.",
+    )
+    max_age_s: int = Field(
+        MAX_LIFETIME_S, ge=1, le=MAX_LIFETIME_S,
+        description="Signature window: `created` may be at most this many seconds old "
+        "(`now - max_age_s <= created`, and `expires` not passed); the profile caps it at 300.",
+    )
+    future_skew_s: int = Field(
+        60, ge=0, le=MAX_LIFETIME_S,
+        description="Signature window: `created` may be this many seconds ahead of the server's clock "
+        "(`created <= now + future_skew_s`).",
+    )
+    authority: str | None = Field(
+        None,
+        description="`host[:port]` agents sign as `@authority`; null trusts the Host header (fine for one known "
+        "hostname). Set it behind proxies that rewrite Host.",
+    )
+    global_allowlist: tuple[IPNetwork, ...] = Field(
+        ALL_ADDRESSES, description="CIDRs allowed at all (403 `ip_denied` otherwise)."
+    )
+    trusted_proxies: tuple[IPNetwork, ...] = Field(
+        (),
+        description="TCP peers whose `X-Forwarded-For` is believed (load balancers in front of the Serve proxy); "
+        "the client is the right-most untrusted hop.",
+    )
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=0, description="Larger bodies get 413 before any parsing.")
+    rate_limit: RateLimitSettings = Field(RateLimitSettings(), description="Failure backoff per IP and per key.")
+    purge_interval_s: float = Field(
+        60.0, gt=0, description="How often (per process) expired nonces and stale failure counters are deleted."
+    )
+    master_key_env: str = Field(
+        "ORFEAS_MASTER_KEY",
+        description="Environment variable with the master key that encrypts agent secrets at rest "
+        "(base64 of 32 bytes).",
+    )
+    master_key_file: Path | None = Field(
+        None,
+        description="File with the master key, read instead of `master_key_env`; dev mode falls back to "
+        "`data_dir/master.key`.",
+    )
 
     @field_validator("authority")
     @classmethod

@@ -72,3 +72,11 @@ def test_agent_guide_capabilities_example_is_the_default_answer(live_api: LiveAp
     [example] = [block for block in blocks("json") if block.lstrip().startswith('{\n  "models"')]
     with live_api.client() as client:
         assert client.capabilities() == json.loads(example)
+
+
+def test_agent_guide_job_error_table_is_the_error_code_enum():
+    from deployments.contract import ErrorCode
+
+    table = GUIDE.split("<!-- job-error-codes:", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \| (yes|no) \| (.+?) \|$", table, flags=re.MULTILINE)
+    assert rows == [(code.value, "yes" if code.retryable else "no", code.meaning) for code in ErrorCode]

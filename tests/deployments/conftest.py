@@ -6,9 +6,12 @@ import io
 from pathlib import Path
 
 import pytest
+import trimesh
 from PIL import Image, ImageDraw
 
+from deployments.contract import GenerationResult
 from deployments.hunyuan3d import GenerationParams, ShapePipeline
+from deployments.mesh_io import load_mesh
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = REPO / "configs" / "models" / "tiny-Hunyuan3D-2" / "hunyuan3d-dit-v2-0"
@@ -35,6 +38,11 @@ def object_png(shift: int = 0) -> bytes:
 def transparent_png() -> bytes:
     """Decodes fine but has nothing to reconstruct: the pipeline's preprocessing rejects it."""
     return png_bytes(Image.new("RGBA", (64, 64), (0, 0, 0, 0)))
+
+
+def mesh_of(result: GenerationResult) -> trimesh.Trimesh:
+    """The mesh a result carries, read back from its GLB bytes."""
+    return load_mesh(result.glb, "glb")
 
 
 def fixture_png(name: str) -> bytes:

@@ -5,7 +5,7 @@ import torch
 
 from deployments.batching import batch_key, group_positions, is_out_of_memory, run_bisecting
 from deployments.hunyuan3d import GenerationParams
-from deployments.messages import GenerationRequest
+from deployments.contract import GenerationRequest
 
 from .conftest import FAST, object_png
 

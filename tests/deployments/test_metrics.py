@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from deployments.hunyuan3d import STAGES
-from deployments.metrics import GeneratorMetrics, process_rss_bytes
+from deployments.metrics import GeneratorMetrics, live_object_counts, process_rss_bytes, traced_python_bytes
 
 
 def test_process_rss_bytes_follows_allocations():
@@ -20,3 +20,25 @@ def test_generator_metrics_record_without_a_running_ray():
     metrics.record_oom_splits(2)
     metrics.set_max_batch_size(4)
     metrics.record_gpu_memory(torch.device("cpu"))  # a no-op without CUDA
+
+
+def test_live_object_counts_see_new_tensors_and_their_release():
+    before = live_object_counts()["tensors"]
+    tensors = [torch.zeros(4) for _ in range(10)]
+    assert live_object_counts()["tensors"] - before == 10
+    del tensors
+    assert live_object_counts()["tensors"] == before
+
+
+def test_traced_python_bytes_only_while_tracing():
+    import tracemalloc
+
+    assert traced_python_bytes() is None
+    tracemalloc.start()
+    try:
+        before = traced_python_bytes()
+        block = bytes(4 * 2**20)
+        assert traced_python_bytes() - before >= 4 * 2**20  # type: ignore[operator]
+        del block
+    finally:
+        tracemalloc.stop()

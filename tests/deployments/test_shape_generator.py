@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 from ray.serve import Application
 
-from deployments.messages import GenerationError, GenerationRequest, GenerationResult
+from deployments.contract import GenerationError, GenerationRequest, GenerationResult
 from deployments.shape_generator import ShapeGenerator, build_app
 
 from .conftest import FAST_DICT, TINY_MODEL, object_png, transparent_png

@@ -1,5 +1,5 @@
-"""The whole application on a real local Ray: Serve's HTTP proxy -> AgentIngress -> ShapeGenerator (the tiny
-checkpoint on CPU), SQLite and artifacts in a temp directory. Requests go over real HTTP."""
+"""The whole application on a real local Ray: Serve's HTTP proxy -> AgentIngress, JobWorker -> ShapeGenerator
+(the tiny checkpoint on CPU), SQLite and artifacts in a temp directory. Requests go over real HTTP."""
 
 from __future__ import annotations
 
@@ -50,19 +50,20 @@ def deploy(ray_session: str, data_dir: Path, **app_overrides) -> LiveApp:
     from deployments.shape_generator import ShapeGenerator
     from serve_app.auth.settings import AuthSettings, RateLimitSettings
     from serve_app.ingress import AgentIngress
+    from serve_app.worker import JobWorker
 
     config = AppConfig(
         data_dir=data_dir,
-        defaults={"num_inference_steps": 3, "octree_resolution": 48},
+        defaults={"num_inference_steps": 3, "octree_resolution": 48, **app_overrides.pop("defaults", {})},
         jobs={"dispatcher_concurrency": 8, "poll_interval_s": 0.2, **app_overrides.pop("jobs", {})},
         # the refusal matrix sends ~100 bad requests from one IP: keep the backoff out of its way
         auth=AuthSettings(rate_limit=RateLimitSettings(max_failures_per_ip=10_000, max_failures_per_key=10_000)),
         **app_overrides,
     )
     generator = GeneratorConfig(device="cpu", warmup_params={"num_inference_steps": 2, "octree_resolution": 32})
-    app = AgentIngress.options(ray_actor_options={"num_cpus": 0}).bind(
-        ShapeGenerator.options(ray_actor_options={"num_cpus": 0}).bind(generator), config
-    )
+    no_cpu = {"ray_actor_options": {"num_cpus": 0}}  # 2-core machines: never wait for a free CPU
+    model = ShapeGenerator.options(**no_cpu).bind(generator)
+    app = AgentIngress.options(**no_cpu).bind(JobWorker.options(**no_cpu).bind(model, config), config)
     serve.run(app, name=APP_NAME, route_prefix="/")
     key = json.loads(config.dev_key_file.read_text())
     return LiveApp(ray_session, config, key["key_id"], key["secret"])
