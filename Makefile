@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 COV_FAIL_UNDER ?= 85
 
-.PHONY: install test test-fast serve clean
+.PHONY: install lint format test test-fast serve clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,16 @@ $(VENV)/.installed: pyproject.toml
 	$(if $(TORCH),$(PY) -m pip install --quiet "$(TORCH)")
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) -m serve_app.config_reference --check
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test: install
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=$(COV_FAIL_UNDER) $(PYTEST_ARGS)

@@ -35,10 +35,10 @@ os.chdir(REPO)  # Ray workers import the project from the driver's working direc
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from deployments.generator_config import DEFAULT_MODEL  # noqa: E402
-from deployments.engine import PASS_STAGES as STAGES  # noqa: E402
-from deployments.hunyuan3d import GenerationParams  # noqa: E402
 from deployments.contract import GenerationRequest, GenerationResult  # noqa: E402
+from deployments.engine import PASS_STAGES as STAGES  # noqa: E402
+from deployments.generator_config import DEFAULT_MODEL  # noqa: E402
+from deployments.hunyuan3d import GenerationParams  # noqa: E402
 from deployments.shape_generator import ShapeGenerator  # noqa: E402
 
 IMAGES = REPO / "tests" / "fixtures" / "images"
@@ -53,9 +53,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model folder, or a variant name with --random-weights")
     p.add_argument("--random-weights", action="store_true")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
-                   help="torch intra-op threads in the replica; default: all cores, as a replica owning the machine "
-                        "(0: leave it to Ray, which sets OMP_NUM_THREADS=1 in a replica with num_cpus 0 or 1)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch intra-op threads in the replica; default: all cores, as a replica owning the machine "
+        "(0: leave it to Ray, which sets OMP_NUM_THREADS=1 in a replica with num_cpus 0 or 1)",
+    )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--octree-resolution", type=int, default=64)
     p.add_argument("--decoder", default="hierarchical", choices=("dense", "hierarchical"))
@@ -134,13 +138,20 @@ def run_configuration(args: argparse.Namespace, label: str, batch_size: int, par
     # gate (so the next batch fills at once), + 2 for critical requests: see configs/serve_generator.yaml
     max_ongoing = batch_size * (args.max_concurrent_batches + 1) + 2
     generator_config = {
-        "model": args.model, "random_weights": args.random_weights, "device": args.device,
-        "torch_threads": args.torch_threads or None, "warmup_params": params.to_dict(),
+        "model": args.model,
+        "random_weights": args.random_weights,
+        "device": args.device,
+        "torch_threads": args.torch_threads or None,
+        "warmup_params": params.to_dict(),
     }
-    user_config = {"max_batch_size": batch_size, "batch_wait_timeout_s": args.batch_wait,
-                   "max_concurrent_batches": args.max_concurrent_batches}
-    app = ShapeGenerator.options(
-        max_ongoing_requests=max_ongoing, user_config=user_config,
+    user_config = {
+        "max_batch_size": batch_size,
+        "batch_wait_timeout_s": args.batch_wait,
+        "max_concurrent_batches": args.max_concurrent_batches,
+    }
+    app = ShapeGenerator.options(  # type: ignore[attr-defined]  # a Deployment after @serve.deployment
+        max_ongoing_requests=max_ongoing,
+        user_config=user_config,
         ray_actor_options={"num_cpus": 0, "num_gpus": 1 if args.device.startswith("cuda") else 0},
     ).bind(generator_config)
     name = f"bench_{label}"
@@ -150,11 +161,12 @@ def run_configuration(args: argparse.Namespace, label: str, batch_size: int, par
         asyncio.run(drive(handle, params, warmup, args.concurrency, first_seed=10_000))
         before = handle.stats.remote().result()
         wall, latencies, results = asyncio.run(drive(handle, params, args.jobs, args.concurrency, first_seed=0))
-        passes = handle.stats.remote().result()["passes"][len(before["passes"]):]
+        passes = handle.stats.remote().result()["passes"][len(before["passes"]) :]
     finally:
         serve.delete(name)
-    return RunResult(label, batch_size, max_ongoing, wall, latencies, results, [p["size"] for p in passes],
-                     before["torch_threads"])
+    return RunResult(
+        label, batch_size, max_ongoing, wall, latencies, results, [p["size"] for p in passes], before["torch_threads"]
+    )
 
 
 def machine() -> str:
@@ -162,35 +174,69 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}")
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}){gpu}, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}"
+    )
 
 
 def report(args: argparse.Namespace, params: GenerationParams, runs: list[RunResult]) -> str:
     sequential, batched = runs
-    columns = ["config", "max_batch_size", "max_ongoing_requests", "jobs", "wall s", "jobs/min", "mean batch",
-               "p50 s", "p95 s", "mean queue wait s"]
+    columns = [
+        "config",
+        "max_batch_size",
+        "max_ongoing_requests",
+        "jobs",
+        "wall s",
+        "jobs/min",
+        "mean batch",
+        "p50 s",
+        "p95 s",
+        "mean queue wait s",
+    ]
     lines = [_row(columns), _row(["---"] * len(columns))]
     for run in runs:
-        lines.append(_row([
-            run.label, run.max_batch_size, run.max_ongoing_requests, len(run.results), f"{run.wall_s:.2f}",
-            f"{run.jobs_per_min:.1f}", f"{run.mean_batch:.2f}", f"{run.latency(0.5):.2f}", f"{run.latency(0.95):.2f}",
-            f"{run.mean_queue_wait():.2f}",
-        ]))
-    lines += ["", "Replica time per job by stage (seconds; a pass's stage time divided by its size):", "",
-              _row(["config", *STAGES, "total"]), _row(["---"] * (len(STAGES) + 2))]
+        lines.append(
+            _row(
+                [
+                    run.label,
+                    run.max_batch_size,
+                    run.max_ongoing_requests,
+                    len(run.results),
+                    f"{run.wall_s:.2f}",
+                    f"{run.jobs_per_min:.1f}",
+                    f"{run.mean_batch:.2f}",
+                    f"{run.latency(0.5):.2f}",
+                    f"{run.latency(0.95):.2f}",
+                    f"{run.mean_queue_wait():.2f}",
+                ]
+            )
+        )
+    lines += [
+        "",
+        "Replica time per job by stage (seconds; a pass's stage time divided by its size):",
+        "",
+        _row(["config", *STAGES, "total"]),
+        _row(["---"] * (len(STAGES) + 2)),
+    ]
     for run in runs:
         per_job = run.stage_seconds_per_job()
         lines.append(_row([run.label, *(f"{per_job[s]:.3f}" for s in STAGES), f"{sum(per_job.values()):.3f}"]))
     ratio = batched.jobs_per_min / sequential.jobs_per_min
-    lines += ["", f"ratio={ratio:.2f} batched_jobs_per_min={batched.jobs_per_min:.1f} "
-              f"sequential_jobs_per_min={sequential.jobs_per_min:.1f} mean_batch={batched.mean_batch:.2f}"]
-    header = [f"params: {params.to_dict()}",
-              f"N={args.batch_size} C={args.concurrency} J={args.jobs}, model {args.model}"
-              f"{' (random weights)' if args.random_weights else ''}, device {args.device}, "
-              f"torch threads in replica {runs[0].torch_threads}, batch_wait_timeout_s {args.batch_wait}, "
-              f"max_concurrent_batches {args.max_concurrent_batches}",
-              f"machine: {machine()}", ""]
+    lines += [
+        "",
+        f"ratio={ratio:.2f} batched_jobs_per_min={batched.jobs_per_min:.1f} "
+        f"sequential_jobs_per_min={sequential.jobs_per_min:.1f} mean_batch={batched.mean_batch:.2f}",
+    ]
+    header = [
+        f"params: {params.to_dict()}",
+        f"N={args.batch_size} C={args.concurrency} J={args.jobs}, model {args.model}"
+        f"{' (random weights)' if args.random_weights else ''}, device {args.device}, "
+        f"torch threads in replica {runs[0].torch_threads}, batch_wait_timeout_s {args.batch_wait}, "
+        f"max_concurrent_batches {args.max_concurrent_batches}",
+        f"machine: {machine()}",
+        "",
+    ]
     return "\n".join(header + lines)
 
 
@@ -200,12 +246,15 @@ def _row(cells: list[Any]) -> str:
 
 def main() -> None:
     args = parse_args()
-    params = GenerationParams(num_inference_steps=args.steps, octree_resolution=args.octree_resolution,
-                              volume_decoder=args.decoder)  # type: ignore[arg-type]
+    params = GenerationParams(
+        num_inference_steps=args.steps, octree_resolution=args.octree_resolution, volume_decoder=args.decoder
+    )
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        runs = [run_configuration(args, "sequential", 1, params),
-                run_configuration(args, "batched", args.batch_size, params)]
+        runs = [
+            run_configuration(args, "sequential", 1, params),
+            run_configuration(args, "batched", args.batch_size, params),
+        ]
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -74,8 +74,9 @@ async def run_level(url: str, key: dict, concurrency: int, total: int, image: st
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
 
     async def agent() -> None:
-        async with httpx.AsyncClient(base_url=url, auth=AgentSigner(key["key_id"], key["secret"]),
-                                     timeout=30, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=url, auth=AgentSigner(key["key_id"], key["secret"]), timeout=30, limits=limits
+        ) as client:
             for _ in range(per_agent):
                 ms, response = await timed(client.post("/api/agent/jobs", json=body))
                 if response.status_code != 202:
@@ -96,16 +97,23 @@ async def run_level(url: str, key: dict, concurrency: int, total: int, image: st
     if cancel:
         async with httpx.AsyncClient(base_url=url, auth=AgentSigner(key["key_id"], key["secret"]), timeout=30) as c:
             for start in range(0, len(job_ids), 16):
-                await asyncio.gather(*(c.delete(f"/api/agent/jobs/{j}") for j in job_ids[start:start + 16]))
-    return {"concurrency": concurrency, "submit": submit_ms, "status": status_ms, "errors": errors,
-            "throughput": (len(submit_ms) + len(status_ms)) / wall}
+                await asyncio.gather(*(c.delete(f"/api/agent/jobs/{j}") for j in job_ids[start : start + 16]))
+    return {
+        "concurrency": concurrency,
+        "submit": submit_ms,
+        "status": status_ms,
+        "errors": errors,
+        "throughput": (len(submit_ms) + len(status_ms)) / wall,
+    }
 
 
 def row(name: str, values: list[float]) -> str:
     if not values:
         return f"| {name} | 0 | - | - | - | - |"
-    return (f"| {name} | {len(values)} | {statistics.median(values):.1f} | {percentile(values, 95):.1f} | "
-            f"{percentile(values, 99):.1f} | {max(values):.1f} |")
+    return (
+        f"| {name} | {len(values)} | {statistics.median(values):.1f} | {percentile(values, 95):.1f} | "
+        f"{percentile(values, 99):.1f} | {max(values):.1f} |"
+    )
 
 
 async def main() -> None:
@@ -127,7 +135,9 @@ async def main() -> None:
         if result["errors"]:
             print(f"|   | errors | {result['errors']} | | | | |")
         print(f"|   | throughput | {result['throughput']:.0f} calls/s | | | | |", flush=True)
-    print(f"p99_ms_max={max(worst.values()):.1f} submit_p99_ms={worst['submit']:.1f} status_p99_ms={worst['status']:.1f}")
+    print(
+        f"p99_ms_max={max(worst.values()):.1f} submit_p99_ms={worst['submit']:.1f} status_p99_ms={worst['status']:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -78,23 +78,39 @@ def main() -> None:
     else:
         pipeline = ShapePipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
         model_name = str(args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model)
-    print(f"model: {model_name}; device {args.device}, dtype {pipeline.dtype}; loaded in {time.perf_counter() - started:.1f} s")
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""))
+    load_s = time.perf_counter() - started
+    print(f"model: {model_name}; device {args.device}, dtype {pipeline.dtype}; loaded in {load_s:.1f} s")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else "")
+    )
     # warm-up: first calls pay for allocator growth and kernel selection
     measure(pipeline, 1, GenerationParams(num_inference_steps=2, octree_resolution=32, volume_decoder="dense"), 1)
 
-    short = {"preprocess": "prep", "conditioner": "cond", "diffusion": "diff", "vae": "vae",
-             "volume_decoding": "volume", "surface_extraction": "surface"}
-    header = f"| steps | decoder | R | B | " + " | ".join(f"{short[s]} s/item" for s in STAGES) + \
-        " | total s/item | per-item speed-up vs B=1 |"
+    short = {
+        "preprocess": "prep",
+        "conditioner": "cond",
+        "diffusion": "diff",
+        "vae": "vae",
+        "volume_decoding": "volume",
+        "surface_extraction": "surface",
+    }
+    header = (
+        "| steps | decoder | R | B | "
+        + " | ".join(f"{short[s]} s/item" for s in STAGES)
+        + " | total s/item | per-item speed-up vs B=1 |"
+    )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for steps in args.steps:
         for decoder in args.decoders:
             for resolution in args.resolutions:
-                params = GenerationParams(num_inference_steps=steps, octree_resolution=resolution,
-                                          volume_decoder=decoder, num_chunks=args.num_chunks)
+                params = GenerationParams(
+                    num_inference_steps=steps,
+                    octree_resolution=resolution,
+                    volume_decoder=decoder,
+                    num_chunks=args.num_chunks,
+                )
                 baseline = None
                 for batch in args.batch_sizes:
                     seconds = measure(pipeline, batch, params, args.repeats)
@@ -102,8 +118,11 @@ def main() -> None:
                     total = sum(per_item.values())
                     baseline = baseline or total
                     cells = " | ".join(f"{per_item[s]:.3f}" for s in STAGES)
-                    print(f"| {steps} | {decoder} | {resolution} | {batch} | {cells} | {total:.3f} | "
-                          f"{baseline / total:.2f}x |", flush=True)
+                    print(
+                        f"| {steps} | {decoder} | {resolution} | {batch} | {cells} | {total:.3f} | "
+                        f"{baseline / total:.2f}x |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

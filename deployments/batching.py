@@ -13,8 +13,8 @@ from typing import Generic, TypeVar
 
 import torch
 
-from .hunyuan3d.params import GenerationParams
 from .contract import GenerationRequest
+from .hunyuan3d.params import GenerationParams
 
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")

@@ -59,28 +59,35 @@ class ErrorCode(str, Enum):
     agent guide's table says (docs/agent-guide.md is tested against this enum).
     """
 
-    retryable: bool
-    meaning: str
+    INVALID_IMAGE = "invalid_image"
+    INVALID_REQUEST = "invalid_request"
+    EMPTY_SURFACE = "empty_surface"
+    OUT_OF_MEMORY = "out_of_memory"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    WORKER_LOST = "worker_lost"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    INTERNAL_ERROR = "internal_error"
 
-    def __new__(cls, code: str, retryable: bool, meaning: str) -> ErrorCode:
-        member = str.__new__(cls, code)
-        member._value_ = code
-        member.retryable = retryable
-        member.meaning = meaning
-        return member
+    @property
+    def retryable(self) -> bool:
+        return _ERROR_DETAILS[self][0]
 
-    INVALID_IMAGE = ("invalid_image", False, "the model could not decode the image, or nothing is visible in it")
-    INVALID_REQUEST = ("invalid_request", False, "the parameters are not valid for this model")
-    EMPTY_SURFACE = ("empty_surface", False, "the model found no surface in this image; try another image or seed")
-    OUT_OF_MEMORY = ("out_of_memory", True, "the GPU ran out of memory even for this job alone")
-    MODEL_UNAVAILABLE = (
-        "model_unavailable",
-        True,
-        "the model replica failed or vanished on every attempt (`jobs.max_attempts`)",
-    )
-    WORKER_LOST = ("worker_lost", True, "the worker running the job stopped responding on every attempt")
-    DEADLINE_EXCEEDED = ("deadline_exceeded", True, "the job was not started before its deadline (status `expired`)")
-    INTERNAL_ERROR = ("internal_error", True, "a bug; the job's message and the server log say more")
+    @property
+    def meaning(self) -> str:
+        return _ERROR_DETAILS[self][1]
+
+
+# code -> (retryable, meaning); tests check that every code has an entry
+_ERROR_DETAILS: dict[ErrorCode, tuple[bool, str]] = {
+    ErrorCode.INVALID_IMAGE: (False, "the model could not decode the image, or nothing is visible in it"),
+    ErrorCode.INVALID_REQUEST: (False, "the parameters are not valid for this model"),
+    ErrorCode.EMPTY_SURFACE: (False, "the model found no surface in this image; try another image or seed"),
+    ErrorCode.OUT_OF_MEMORY: (True, "the GPU ran out of memory even for this job alone"),
+    ErrorCode.MODEL_UNAVAILABLE: (True, "the model replica failed or vanished on every attempt (`jobs.max_attempts`)"),
+    ErrorCode.WORKER_LOST: (True, "the worker running the job stopped responding on every attempt"),
+    ErrorCode.DEADLINE_EXCEEDED: (True, "the job was not started before its deadline (status `expired`)"),
+    ErrorCode.INTERNAL_ERROR: (True, "a bug; the job's message and the server log say more"),
+}
 
 
 class GenerationError(Exception):

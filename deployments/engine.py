@@ -231,7 +231,10 @@ class GenerationEngine:
             )
         logger.warning(
             "out of memory in a pass of %d: %d split(s), %d job(s) failed alone, largest size that ran: %s",
-            job.record.size, bisection.splits, len(bisection.out_of_memory), bisection.largest_ok,
+            job.record.size,
+            bisection.splits,
+            len(bisection.out_of_memory),
+            bisection.largest_ok,
         )
         self.on_oom(bisection.largest_ok or 1)
 
@@ -294,7 +297,6 @@ class GenerationEngine:
             outcomes = await self._cpu_phase(job)
         finally:
             self.batch_slots.release()
-        for future, outcome in zip(futures, outcomes):
+        for future, outcome in zip(futures, outcomes, strict=True):
             if not future.done():  # a caller that went away cancelled its future
                 future.set_result(outcome)
-

@@ -53,9 +53,17 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def options_from_args(args: argparse.Namespace) -> GenerateOptions:
     return GenerateOptions(
-        images=list(args.images), model=args.model, out=args.out, format=args.format, steps=args.steps,
-        guidance_scale=args.guidance_scale, octree_resolution=args.octree_resolution, decoder=args.decoder,
-        seed=args.seed, batch=args.batch, device=args.device,
+        images=list(args.images),
+        model=args.model,
+        out=args.out,
+        format=args.format,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        octree_resolution=args.octree_resolution,
+        decoder=args.decoder,
+        seed=args.seed,
+        batch=args.batch,
+        device=args.device,
     )
 
 
@@ -80,8 +88,10 @@ def run_generate(options: GenerateOptions) -> list[Path]:
 
     try:
         params = GenerationParams(
-            num_inference_steps=options.steps, guidance_scale=options.guidance_scale,
-            octree_resolution=options.octree_resolution, volume_decoder=options.decoder,  # type: ignore[arg-type]
+            num_inference_steps=options.steps,
+            guidance_scale=options.guidance_scale,
+            octree_resolution=options.octree_resolution,
+            volume_decoder=options.decoder,  # type: ignore[arg-type]
         )
     except ValueError as exc:
         raise CommandError(f"bad parameter: {exc}") from None
@@ -108,7 +118,7 @@ def run_generate(options: GenerateOptions) -> list[Path]:
         except ValueError as exc:  # e.g. a fully transparent image
             failures.append(f"{', '.join(options.images[i].name for i in group)}: {exc}")
             continue
-        for i, mesh in zip(group, meshes):
+        for i, mesh in zip(group, meshes, strict=True):
             if isinstance(mesh, Exception):
                 failures.append(f"{options.images[i].name}: {mesh}")
                 continue
@@ -124,7 +134,9 @@ def run_generate(options: GenerateOptions) -> list[Path]:
 
 
 def format_timings(seconds: dict[str, float], load_seconds: float, count: int, batched: bool) -> str:
-    lines = [f"timings ({count} image(s), {'one batch' if batched else 'one at a time'}; model load {load_seconds:.2f} s)"]
+    lines = [
+        f"timings ({count} image(s), {'one batch' if batched else 'one at a time'}; model load {load_seconds:.2f} s)"
+    ]
     total = sum(seconds.values())
     for stage, value in seconds.items():
         lines.append(f"  {stage:<20} {value:8.3f} s  {value / count:8.3f} s/image")

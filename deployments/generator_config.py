@@ -118,7 +118,9 @@ class BatchingConfig(BaseModel):
         default=0.05, ge=0.0, le=10.0, description="How long a batch waits to fill once its first request arrived."
     )
     max_concurrent_batches: int = Field(
-        default=2, ge=1, le=MAX_CONCURRENT_BATCHES,
+        default=2,
+        ge=1,
+        le=MAX_CONCURRENT_BATCHES,
         description="Batches in flight: 1 on the GPU, the rest in surface extraction. 2 overlaps them.",
     )
     vram_budget_gib: float | None = Field(
@@ -131,7 +133,8 @@ class BatchingConfig(BaseModel):
         default=16, ge=1, le=MAX_BATCH_SIZE, description="Largest batch size `auto` tries (1, 2, 4, ... up to this)."
     )
     inject_oom_above_batch_size: int | None = Field(
-        default=None, ge=0,
+        default=None,
+        ge=0,
         description="TEST HOOK ONLY: GPU passes larger than this raise torch.cuda.OutOfMemoryError before any "
         "work, to exercise OOM bisection without a GPU. Never set it in production configs.",
     )

@@ -20,27 +20,33 @@ import trimesh
 from PIL import Image
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-
-BATCH_SIZE_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+BATCH_SIZE_BUCKETS: list[float] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 SECONDS_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300]
 
 
 class GeneratorMetrics:
     def __init__(self) -> None:
         self.pass_size = Histogram(
-            "orfeas_generator_batch_size", description="Requests per GPU pass (after key split and OOM halving).",
-            boundaries=BATCH_SIZE_BUCKETS, tag_keys=("path",),
+            "orfeas_generator_batch_size",
+            description="Requests per GPU pass (after key split and OOM halving).",
+            boundaries=BATCH_SIZE_BUCKETS,
+            tag_keys=("path",),
         )
         self.queue_wait = Histogram(
-            "orfeas_generator_queue_wait_seconds", description="Arrival at the replica to the start of its GPU pass.",
-            boundaries=SECONDS_BUCKETS, tag_keys=("path",),
+            "orfeas_generator_queue_wait_seconds",
+            description="Arrival at the replica to the start of its GPU pass.",
+            boundaries=SECONDS_BUCKETS,
+            tag_keys=("path",),
         )
         self.stage_seconds = Histogram(
-            "orfeas_generator_stage_seconds", description="Wall-clock seconds of one pipeline stage for one pass.",
-            boundaries=SECONDS_BUCKETS, tag_keys=("stage",),
+            "orfeas_generator_stage_seconds",
+            description="Wall-clock seconds of one pipeline stage for one pass.",
+            boundaries=SECONDS_BUCKETS,
+            tag_keys=("stage",),
         )
         self.outcomes = Counter(
-            "orfeas_generator_requests", description="Finished requests by outcome (ok or an error code).",
+            "orfeas_generator_requests",
+            description="Finished requests by outcome (ok or an error code).",
             tag_keys=("outcome",),
         )
         self.oom_splits = Counter(

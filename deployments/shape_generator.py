@@ -38,11 +38,11 @@ import torch
 from ray import serve
 from ray.serve import Application
 
+from .contract import GenerationRequest, Outcome
 from .engine import GenerationEngine, Queued
 from .generator_config import BatchingConfig, GeneratorConfig, resolve_path
 from .hunyuan3d import ShapePipeline
 from .image_input import warmup_image
-from .contract import GenerationRequest, Outcome
 from .metrics import (
     GeneratorMetrics,
     live_object_counts,
@@ -115,8 +115,11 @@ class ShapeGenerator:
         self._apply(batching, sizing)
         logger.info(
             "ShapeGenerator batching: max_batch_size=%d (%s: %s), batch_wait_timeout_s=%s, max_concurrent_batches=%d",
-            sizing.batch_size, sizing.source, sizing.detail,
-            batching.batch_wait_timeout_s, batching.max_concurrent_batches,
+            sizing.batch_size,
+            sizing.source,
+            sizing.detail,
+            batching.batch_wait_timeout_s,
+            batching.max_concurrent_batches,
         )
 
     async def generate(self, request: GenerationRequest) -> Outcome:
@@ -174,20 +177,24 @@ class ShapeGenerator:
 
     def _size(self, batching: BatchingConfig, measure: Callable[[int], int] | None) -> Sizing:
         return size_batches(
-            batching, self.pipeline.device, self.table, self.config.variant_name(),
-            self.warmup_params.octree_resolution, measure,
+            batching,
+            self.pipeline.device,
+            self.table,
+            self.config.variant_name(),
+            self.warmup_params.octree_resolution,
+            measure,
         )
 
     def _apply(self, batching: BatchingConfig, sizing: Sizing) -> None:
         self.batching, self.sizing = batching, sizing
         self.engine.inject_oom_above = batching.inject_oom_above_batch_size
         self.engine.batch_slots.resize(batching.max_concurrent_batches)
-        self._start_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._start_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)  # type: ignore[attr-defined]  # added by @serve.batch
         self._set_max_batch_size(sizing.batch_size)
 
     def _set_max_batch_size(self, size: int) -> None:
         self.max_batch_size = size
-        self._start_batch.set_max_batch_size(size)
+        self._start_batch.set_max_batch_size(size)  # type: ignore[attr-defined]  # added by @serve.batch
         self.admission.resize(size * self.batching.max_concurrent_batches)
         self.metrics.set_max_batch_size(size)
 
@@ -195,7 +202,8 @@ class ShapeGenerator:
         if succeeded < self.max_batch_size:
             logger.warning(
                 "ShapeGenerator: out of memory, max_batch_size %d -> %d until the next reconfigure",
-                self.max_batch_size, succeeded,
+                self.max_batch_size,
+                succeeded,
             )
             self._set_max_batch_size(succeeded)
 
@@ -215,4 +223,4 @@ def build_app(args: GeneratorConfig | dict[str, Any]) -> Application:
     Validates ``args`` here, so a bad config fails ``serve run`` / ``serve deploy`` before any replica
     starts (Serve's own pydantic conversion does not see through postponed annotations).
     """
-    return ShapeGenerator.bind(GeneratorConfig.model_validate(args))
+    return ShapeGenerator.bind(GeneratorConfig.model_validate(args))  # type: ignore[attr-defined]  # a Deployment after @serve.deployment

@@ -64,7 +64,9 @@ def _submit(client: AgentClient, args: argparse.Namespace) -> tuple[Any, int]:
     jobs = [
         client.submit(image, seed=args.seed, params=params or None, priority=args.priority) for image in args.images
     ]
-    results: list[dict[str, Any]] = [{"image": str(image), "job": job} for image, job in zip(args.images, jobs)]
+    results: list[dict[str, Any]] = [
+        {"image": str(image), "job": job} for image, job in zip(args.images, jobs, strict=True)
+    ]
     if not (args.wait or args.out is not None):
         return results, 0
     out = args.out or Path(".")

@@ -41,7 +41,10 @@ def build_app(args: OrfeasArgs | dict[str, Any] | None = None) -> Application:
     app_config = parsed.app.resolved(Path.cwd())
     if "model_name" not in parsed.app.model_fields_set:
         app_config = app_config.model_copy(update={"model_name": parsed.generator.variant_name()})
-    logger.info("ORFEAS serve: %s mode, data in %s, model %s", app_config.mode, app_config.data_dir,
-                app_config.model_name)
-    generator = ShapeGenerator.bind(parsed.generator)
-    return AgentIngress.bind(JobWorker.bind(generator, app_config), app_config)
+    logger.info(
+        "ORFEAS serve: %s mode, data in %s, model %s", app_config.mode, app_config.data_dir, app_config.model_name
+    )
+    # @serve.deployment turned each class into a Deployment; its type hints cannot tell the type checker
+    generator = ShapeGenerator.bind(parsed.generator)  # type: ignore[attr-defined]
+    worker = JobWorker.bind(generator, app_config)  # type: ignore[attr-defined]
+    return AgentIngress.bind(worker, app_config)  # type: ignore[attr-defined]

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-
 DEFAULT_SCOPES = ["jobs:read", "jobs:write"]
 
 
@@ -27,12 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     for action in keys._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command in action.choices.values():
-                command.add_argument("--data-dir", type=Path, default=Path(".orfeas"), help="the service's data directory")
+                command.add_argument(
+                    "--data-dir", type=Path, default=Path(".orfeas"), help="the service's data directory"
+                )
                 command.add_argument("--database-url", help="default: the SQLite file in the data directory")
                 command.add_argument(
-                    "--master-key-file", type=Path,
+                    "--master-key-file",
+                    type=Path,
                     help="default: $ORFEAS_MASTER_KEY, else <data-dir>/master.key (the dev-mode key)",
-                )  # fmt: skip
+                )
     add_agent_parser(subparsers)
     return parser
 

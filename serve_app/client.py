@@ -68,12 +68,22 @@ class ApiRequestError(Exception):
             # not our error shape (a proxy in between answered): keep what we can
             text = response.text.strip().replace("\n", " ")[:200]
             retryable = response.status_code == 429 or response.status_code >= 500
-            return cls(response.status_code, f"http_{response.status_code}", text or response.reason_phrase,
-                       retryable, request_id, _retry_after(response))  # fmt: skip
+            return cls(
+                response.status_code,
+                f"http_{response.status_code}",
+                text or response.reason_phrase,
+                retryable,
+                request_id,
+                _retry_after(response),
+            )
         return cls(
-            response.status_code, str(body["code"]), str(body.get("message", "")), bool(body.get("retryable")),
-            body.get("request_id") or request_id, _retry_after(response),
-        )  # fmt: skip
+            response.status_code,
+            str(body["code"]),
+            str(body.get("message", "")),
+            bool(body.get("retryable")),
+            body.get("request_id") or request_id,
+            _retry_after(response),
+        )
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -235,7 +245,7 @@ class AgentClient:
         if seeds is not None:
             if len(seeds) != len(items):
                 raise ValueError(f"got {len(seeds)} seeds for {len(items)} images; give one per image (or None)")
-            for item, seed in zip(items, seeds):
+            for item, seed in zip(items, seeds, strict=True):
                 if seed is not None:
                     item["seed"] = seed
         body: dict[str, Any] = {"items": items, "priority": priority}

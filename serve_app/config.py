@@ -24,7 +24,8 @@ class ApiLimits(BaseModel):
         10 * 1024 * 1024, ge=1024, description="Largest accepted image in bytes (decoded); larger ones get 413."
     )
     max_image_pixels: int = Field(
-        4096 * 4096, ge=256,
+        4096 * 4096,
+        ge=256,
         description="Most pixels (width x height) an image may have; decompression bombs are refused from the header.",
     )
     min_image_side: int = Field(16, ge=1, description="Shortest accepted image side in pixels; smaller ones get 422.")
@@ -35,7 +36,8 @@ class ApiLimits(BaseModel):
     max_guidance_scale: float = Field(20.0, gt=0, description="Highest `guidance_scale` an agent may ask for.")
     max_list_page: int = Field(100, ge=1, le=200, description="Most jobs one page of a job list returns.")
     max_wait_s: float = Field(
-        30.0, ge=0,
+        30.0,
+        ge=0,
         description="Cap of the `?wait=` long-poll in seconds; keep it below the proxy's `request_timeout_s`.",
     )
 
@@ -66,7 +68,8 @@ class JobSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_queued: int = Field(
-        1000, ge=1,
+        1000,
+        ge=1,
         description="Queued jobs beyond which submissions get `503 queue_full` + `Retry-After` "
         "(a soft bound: concurrent submits may pass it).",
     )
@@ -77,13 +80,15 @@ class JobSettings(BaseModel):
         3600.0, gt=0, description="How long a job may wait to start before it expires (null: forever)."
     )
     max_attempts: int = Field(
-        3, ge=1,
+        3,
+        ge=1,
         description="Runs of one job before it fails with `worker_lost` because its worker or model replica "
         "kept vanishing.",
     )
     idempotency_ttl_s: float = Field(24 * 3600.0, gt=0, description="How long `Idempotency-Key`s are remembered.")
     idempotency_pending_timeout_s: float = Field(
-        120.0, gt=0,
+        120.0,
+        gt=0,
         description="A request still being processed under its `Idempotency-Key` after this long is taken as "
         "abandoned, so a retry with the key may run.",
     )
@@ -93,12 +98,14 @@ class JobSettings(BaseModel):
         "the API still accepts and stores jobs.",
     )
     dispatcher_concurrency: int = Field(
-        8, ge=1,
+        8,
+        ge=1,
         description="Jobs in flight per `JobWorker` replica; keep it >= the generator's "
         "`max_batch_size * (max_concurrent_batches + 1)` so its batches can fill.",
     )
     lease_s: float = Field(
-        60.0, gt=0,
+        60.0,
+        gt=0,
         description="A crashed worker's jobs are retried this long after its last heartbeat "
         "(leases are renewed every third of it); shorter recovers sooner.",
     )
@@ -106,11 +113,13 @@ class JobSettings(BaseModel):
         0.5, gt=0, description="How often an idle worker looks for work (submissions wake one at once)."
     )
     maintenance_interval_s: float = Field(
-        10.0, gt=0,
+        10.0,
+        gt=0,
         description="How often a worker expires overdue jobs, requeues lost leases and purges idempotency keys.",
     )
     stop_grace_s: float = Field(
-        30.0, ge=0,
+        30.0,
+        ge=0,
         description="On shutdown, jobs in flight may finish this long; the rest go back to the queue. "
         "Keep it below the JobWorker's `graceful_shutdown_timeout_s` (40 s).",
     )

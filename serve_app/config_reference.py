@@ -33,8 +33,10 @@ WRITE_COMMAND = "python -m serve_app.config_reference --write"
 
 SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("### `args.app` (`serve_app.config.AppConfig`)", AppConfig),
-    ("### `args.generator` (`deployments.generator_config.GeneratorConfig`; a change restarts the replica)",
-     GeneratorConfig),
+    (
+        "### `args.generator` (`deployments.generator_config.GeneratorConfig`; a change restarts the replica)",
+        GeneratorConfig,
+    ),
     ("### `deployments[ShapeGenerator].user_config` (`BatchingConfig`; applied live)", BatchingConfig),
 )
 

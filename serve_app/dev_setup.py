@@ -49,7 +49,9 @@ async def prepare_dev_mode(config: AppConfig, engine: AsyncEngine) -> AppConfig:
     material = await keys.create(DEV_AGENT, scopes=DEV_SCOPES)
     write_private(
         config.dev_key_file,
-        json.dumps({"key_id": material.info.key_id, "secret": material.secret_b64(), "url": config.public_url}, indent=2)
+        json.dumps(
+            {"key_id": material.info.key_id, "secret": material.secret_b64(), "url": config.public_url}, indent=2
+        )
         + "\n",
     )
     logger.warning("dev mode: created agent key %s in %s", material.info.key_id, config.dev_key_file)

@@ -58,9 +58,14 @@ def not_found(what: str, identifier: str) -> ApiError:
 
 def _render(request: Request, error: ApiError) -> Response:
     return error_response(
-        error.status, _TYPES.get(error.status, "api_error"), error.code, error.message, error.retryable,
-        request_id_of(request.scope), headers=error.headers,
-    )  # fmt: skip
+        error.status,
+        _TYPES.get(error.status, "api_error"),
+        error.code,
+        error.message,
+        error.retryable,
+        request_id_of(request.scope),
+        headers=error.headers,
+    )
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -70,13 +70,15 @@ def validate_image_bytes(data: bytes, limits: ImageLimits, field: str = "image")
             # the header alone gives format and size: check them before decoding any pixels
             if image.format not in ACCEPTED_FORMATS:
                 raise ImageRejected(
-                    415, "unsupported_image_format",
+                    415,
+                    "unsupported_image_format",
                     f"'{field}' is {image.format or 'an unknown format'}; send one of {', '.join(ACCEPTED_FORMATS)}",
                 )
             width, height = image.size
             if width * height > limits.max_pixels:
                 raise ImageRejected(
-                    413, "image_too_many_pixels",
+                    413,
+                    "image_too_many_pixels",
                     f"'{field}' is {width}x{height}; at most {limits.max_pixels} pixels are accepted",
                 )
             if min(width, height) < limits.min_side:

@@ -29,7 +29,7 @@ logger = logging.getLogger("ray.serve")
 )
 @serve.ingress()
 class AgentIngress:
-    async def __init__(self, worker: DeploymentHandle, config: AppConfig) -> None:
+    async def __init__(self, worker: DeploymentHandle, config: AppConfig) -> None:  # type: ignore[misc]  # Serve awaits an async __init__
         self._worker = worker
         self._service = await AgentService.start(AppConfig.model_validate(config), self._wake_worker)
         self._app = build_http_app(self._service, behind_serve_proxy=True, metrics=IngressMetrics())

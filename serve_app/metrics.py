@@ -22,8 +22,10 @@ class AuthDecisionCounter(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.INFO)
         self.decisions = Counter(
-            "orfeas_auth_decisions", description="Auth decisions on /api/agent/* by decision and reason code.",
-            tag_keys=("decision", "reason"),
+            "orfeas_auth_decisions",
+            description="Auth decisions on /api/agent/* by decision and reason code.",
+            # Ray annotates tag_keys as tuple[str] where it means tuple[str, ...]
+            tag_keys=("decision", "reason"),  # type: ignore[arg-type]
         )
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -46,11 +48,13 @@ class IngressMetrics:
 class WorkerMetrics:
     def __init__(self) -> None:
         self.finished = Counter(
-            "orfeas_jobs_finished", description="Jobs this worker replica finished, by status.",
+            "orfeas_jobs_finished",
+            description="Jobs this worker replica finished, by status.",
             tag_keys=("status",),
         )
         self.job_seconds = Histogram(
-            "orfeas_job_seconds", description="Seconds from claim to the end of a job run by this worker replica.",
+            "orfeas_job_seconds",
+            description="Seconds from claim to the end of a job run by this worker replica.",
             boundaries=SECONDS_BUCKETS,
         )
 

@@ -48,9 +48,10 @@ async def read_body(request: Request) -> ParsedBody:
     if content_type == "multipart/form-data":
         return await _read_multipart(request)
     raise ApiError(
-        415, "unsupported_content_type",
+        415,
+        "unsupported_content_type",
         f"Content-Type {content_type or '(none)'} is not accepted; send application/json or multipart/form-data",
-    )  # fmt: skip
+    )
 
 
 async def _read_multipart(request: Request) -> ParsedBody:
@@ -147,10 +148,13 @@ def image_limits(config: AppConfig) -> ImageLimits:
 
 def _new_job(image: DecodedImage, seed: int | None, params: dict[str, Any], priority: str, config: AppConfig) -> NewJob:
     return NewJob(
-        image=image.data, model=config.model_name, seed=seed, params=params,
+        image=image.data,
+        model=config.model_name,
+        seed=seed,
+        params=params,
         priority=priority,  # type: ignore[arg-type]
         image_format={"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}[image.format],
-    )  # fmt: skip
+    )
 
 
 def parse_job(body: ParsedBody, config: AppConfig) -> NewJob:
@@ -172,7 +176,9 @@ def parse_batch(body: ParsedBody, config: AppConfig) -> list[NewJob]:
     if not isinstance(items, list) or not items:
         raise ApiError(422, "invalid_items", "'items' must be a non-empty list of {image, seed?} objects")
     if len(items) > config.limits.max_batch_items:
-        raise ApiError(413, "too_many_items", f"a batch holds at most {config.limits.max_batch_items} items, got {len(items)}")
+        raise ApiError(
+            413, "too_many_items", f"a batch holds at most {config.limits.max_batch_items} items, got {len(items)}"
+        )
     params = generation_params(fields.get("params"), config)
     priority = _priority(fields.get("priority"))
     limits = image_limits(config)

@@ -41,7 +41,9 @@ async def _submit(request: Request, principal: Principal, jobs: list[NewJob], as
     fingerprint = None
     if key is not None:
         if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
-            raise ApiError(400, "invalid_idempotency_key", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+            raise ApiError(
+                400, "invalid_idempotency_key", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters"
+            )
         # same key + same method, path and body bytes == the same request
         fingerprint = request_fingerprint(request.method, request.url.path, await request.body())
     try:
@@ -50,9 +52,13 @@ async def _submit(request: Request, principal: Principal, jobs: list[NewJob], as
                 principal.agent, jobs, idempotency_key=key, request_hash=fingerprint
             )
         else:
-            submission = await service.store.submit(principal.agent, jobs[0], idempotency_key=key, request_hash=fingerprint)
+            submission = await service.store.submit(
+                principal.agent, jobs[0], idempotency_key=key, request_hash=fingerprint
+            )
     except QueueFull as exc:
-        raise ApiError(503, "queue_full", str(exc), retryable=True, headers={"Retry-After": str(exc.retry_after_s)}) from None
+        raise ApiError(
+            503, "queue_full", str(exc), retryable=True, headers={"Retry-After": str(exc.retry_after_s)}
+        ) from None
     except IdempotencyConflict as exc:
         raise ApiError(422, "idempotency_key_reused", str(exc)) from None
     except IdempotencyInProgress as exc:
@@ -171,8 +177,12 @@ async def job_result(request: Request) -> Response:
         raise ApiError(422, "invalid_format", f"'format' must be one of {list(MESH_FORMATS)}")
     job = await _own_job(request, principal)
     if job.status != "succeeded" or job.result_path is None:
-        raise ApiError(409, "result_not_ready", f"job {job.id} is {job.status}; results exist once it succeeded",
-                       retryable=job.status in ("queued", "running"))
+        raise ApiError(
+            409,
+            "result_not_ready",
+            f"job {job.id} is {job.status}; results exist once it succeeded",
+            retryable=job.status in ("queued", "running"),
+        )
     # converting GLB to another format the first time is CPU work: keep it off the event loop
     path = await asyncio.to_thread(_service(request).artifacts.mesh_file, job.result_path, fmt)
     return FileResponse(path, media_type=CONTENT_TYPES[fmt], filename=f"{job.id}.{fmt}")
@@ -219,23 +229,33 @@ async def capabilities(request: Request) -> Response:
     require_scope(request, "jobs:read")
     config = _service(request).config
     limits = config.limits
-    return JSONResponse({
-        "models": [{"name": config.model_name, "default": True}],
-        "params": {
-            "settable": list(API_PARAMS),
-            "defaults": config.defaults.model_dump(),
-            "num_inference_steps": {"min": 1, "max": limits.max_inference_steps},
-            "guidance_scale": {"min": 0.0, "max": limits.max_guidance_scale},
-            "octree_resolution": {"min": limits.min_octree_resolution, "max": limits.max_octree_resolution},
-        },
-        "priorities": list(PRIORITIES),
-        "formats": list(MESH_FORMATS),
-        "image": {"formats": ["png", "jpeg", "webp"], "max_bytes": limits.max_image_bytes,
-                  "max_pixels": limits.max_image_pixels, "min_side": limits.min_image_side},
-        "limits": {"max_batch_items": limits.max_batch_items, "max_list_page": limits.max_list_page,
-                   "max_wait_s": limits.max_wait_s, "max_queued_jobs": config.jobs.max_queued,
-                   "max_body_bytes": config.auth.max_body_bytes},
-    })  # fmt: skip
+    return JSONResponse(
+        {
+            "models": [{"name": config.model_name, "default": True}],
+            "params": {
+                "settable": list(API_PARAMS),
+                "defaults": config.defaults.model_dump(),
+                "num_inference_steps": {"min": 1, "max": limits.max_inference_steps},
+                "guidance_scale": {"min": 0.0, "max": limits.max_guidance_scale},
+                "octree_resolution": {"min": limits.min_octree_resolution, "max": limits.max_octree_resolution},
+            },
+            "priorities": list(PRIORITIES),
+            "formats": list(MESH_FORMATS),
+            "image": {
+                "formats": ["png", "jpeg", "webp"],
+                "max_bytes": limits.max_image_bytes,
+                "max_pixels": limits.max_image_pixels,
+                "min_side": limits.min_image_side,
+            },
+            "limits": {
+                "max_batch_items": limits.max_batch_items,
+                "max_list_page": limits.max_list_page,
+                "max_wait_s": limits.max_wait_s,
+                "max_queued_jobs": config.jobs.max_queued,
+                "max_body_bytes": config.auth.max_body_bytes,
+            },
+        }
+    )
 
 
 async def healthz(request: Request) -> Response:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import serve_app.auth.keys  # noqa: F401  (registers the auth tables on Base)
-import serve_app.auth.nonces  # noqa: F401
+import serve_app.auth.keys
+import serve_app.auth.nonces
 import serve_app.auth.ratelimit  # noqa: F401
 from serve_app.artifacts import ArtifactStore
 from serve_app.config import AppConfig

@@ -29,7 +29,7 @@ from serve_app.worker_service import WorkerService
     graceful_shutdown_timeout_s=40,
 )
 class JobWorker:
-    async def __init__(self, generator: DeploymentHandle, config: AppConfig) -> None:
+    async def __init__(self, generator: DeploymentHandle, config: AppConfig) -> None:  # type: ignore[misc]  # Serve awaits an async __init__
         self._service = await WorkerService.start(AppConfig.model_validate(config), ShapeGeneratorClient(generator))
         self._metrics, self._metrics_task = start_worker_metrics(self._service.dispatcher.events)
 
@@ -40,8 +40,11 @@ class JobWorker:
     def stats(self) -> dict[str, Any]:
         """Who this replica is and what it runs (for tests, benchmarks, debugging)."""
         dispatcher = self._service.dispatcher
-        return {"worker_id": dispatcher.worker_id, "dispatching": self._service.running,
-                "in_flight": sorted(dispatcher.in_flight)}
+        return {
+            "worker_id": dispatcher.worker_id,
+            "dispatching": self._service.running,
+            "in_flight": sorted(dispatcher.in_flight),
+        }
 
     async def check_health(self) -> None:
         if not await self._service.storage.ready():

@@ -113,4 +113,3 @@ def _preview(keys: list[str], limit: int = 5) -> str:
         return "none"
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
-

@@ -15,6 +15,9 @@ from .config import ConditionerConfig
 
 
 class ImageConditioner(nn.Module):
+    mean: Tensor  # buffers, registered in __init__
+    std: Tensor
+
     def __init__(self, cfg: ConditionerConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -35,7 +38,7 @@ class ImageConditioner(nn.Module):
             scale = size / min(h, w)
             new_h, new_w = (size, int(w * scale)) if h <= w else (int(h * scale), size)
             image = F.interpolate(image, size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True)
-            top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+            top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
             image = image[..., top : top + size, left : left + size]
         return (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
 

@@ -323,18 +323,32 @@ _DINOV2_GIANT: dict[str, Any] = {
 _V2_0 = ShapeModelConfig(
     dit=DiTConfig(),
     vae=VAEConfig(
-        num_latents=3072, embed_dim=64, num_freqs=8, include_pi=False, heads=16, width=1024,
-        num_decoder_layers=16, qkv_bias=False, qk_norm=True, scale_factor=0.9990943042622529,
+        num_latents=3072,
+        embed_dim=64,
+        num_freqs=8,
+        include_pi=False,
+        heads=16,
+        width=1024,
+        num_decoder_layers=16,
+        qkv_bias=False,
+        qk_norm=True,
+        scale_factor=0.9990943042622529,
     ),
     conditioner=ConditionerConfig(dinov2=_DINOV2_GIANT, image_size=518),
     name="hunyuan3d-dit-v2-0",
 )
 
-_TURBO_VAE = {"geo_decoder_downsample_ratio": 2, "geo_decoder_mlp_expand_ratio": 1, "geo_decoder_ln_post": False}
+_TURBO_VAE: dict[str, Any] = {
+    "geo_decoder_downsample_ratio": 2,
+    "geo_decoder_mlp_expand_ratio": 1,
+    "geo_decoder_ln_post": False,
+}
 
 NAMED_CONFIGS: dict[str, ShapeModelConfig] = {
     "hunyuan3d-dit-v2-0": _V2_0,
-    "hunyuan3d-dit-v2-0-fast": replace(_V2_0, dit=replace(_V2_0.dit, guidance_embed=True), name="hunyuan3d-dit-v2-0-fast"),
+    "hunyuan3d-dit-v2-0-fast": replace(
+        _V2_0, dit=replace(_V2_0.dit, guidance_embed=True), name="hunyuan3d-dit-v2-0-fast"
+    ),
     "hunyuan3d-dit-v2-0-turbo": replace(
         _V2_0,
         dit=replace(_V2_0.dit, guidance_embed=True),
@@ -356,4 +370,3 @@ def named_config(name: str) -> ShapeModelConfig:
         return NAMED_CONFIGS[name]
     except KeyError:
         raise ValueError(f"unknown model variant {name!r}; known: {sorted(NAMED_CONFIGS)}") from None
-

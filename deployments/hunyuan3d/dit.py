@@ -114,6 +114,10 @@ def _mlp(hidden_size: int, mlp_hidden_dim: int) -> nn.Sequential:
 class DoubleStreamBlock(nn.Module):
     """Separate weights for latent ("img") and condition ("txt") tokens, one joint attention."""
 
+    # set per stream in __init__ (setattr), declared here for the type checker
+    img_mod: Modulation
+    txt_mod: Modulation
+
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         c = cfg.hidden_size
@@ -133,7 +137,7 @@ class DoubleStreamBlock(nn.Module):
         return q, k, v
 
     def _residual(self, stream: str, x: Tensor, attn_out: Tensor, mods: list[Tensor]) -> Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        _shift1, _scale1, gate1, shift2, scale2, gate2 = mods
         x = x + gate1 * getattr(self, f"{stream}_attn").proj(attn_out)
         mlp_in = (1 + scale2) * getattr(self, f"{stream}_norm2")(x) + shift2
         return x + gate2 * getattr(self, f"{stream}_mlp")(mlp_in)

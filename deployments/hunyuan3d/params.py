@@ -44,9 +44,7 @@ class GenerationParams:
         _check_float("box_v", self.box_v, 0.5, 2.0)
         _check_float("mc_level", self.mc_level, -1.0, 1.0)
         if self.volume_decoder not in VOLUME_DECODERS:
-            raise ValueError(
-                f"volume_decoder must be one of {list(VOLUME_DECODERS)}, got {self.volume_decoder!r}"
-            )
+            raise ValueError(f"volume_decoder must be one of {list(VOLUME_DECODERS)}, got {self.volume_decoder!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> GenerationParams:

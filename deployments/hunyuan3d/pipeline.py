@@ -75,7 +75,8 @@ def make_scheduler(scheduler: SchedulerConfig, num_inference_steps: int, device:
     """
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=scheduler.num_train_timesteps, invert_sigmas=True)
     sigmas = flow_sigmas(scheduler, num_inference_steps)
-    sched.set_timesteps(sigmas=(1.0 - sigmas).tolist(), device=device)
+    # diffusers builds its scheduler classes through decorators the type checker cannot follow
+    sched.set_timesteps(sigmas=(1.0 - sigmas).tolist(), device=device)  # type: ignore[attr-defined]
     return sched
 
 
@@ -161,7 +162,10 @@ class ShapePipeline:
         """(B, N, C) float32 on CPU: sample i is drawn alone from ``Generator().manual_seed(seeds[i])``."""
         shape = (1, self.config.vae.num_latents, self.config.vae.embed_dim)
         return torch.cat(
-            [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32) for s in seeds]
+            [
+                torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32)
+                for s in seeds
+            ]
         )
 
     def sample_latents(

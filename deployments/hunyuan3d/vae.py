@@ -16,6 +16,8 @@ from .config import VAEConfig
 class FourierEmbedder(nn.Module):
     """(..., 3) points -> (..., 3 * (2F + 1)) as [x | sin(f x) | cos(f x)], f = 2^0 .. 2^(F-1) (times pi)."""
 
+    frequencies: Tensor  # a buffer, registered in __init__
+
     def __init__(self, num_freqs: int, include_pi: bool) -> None:
         super().__init__()
         frequencies = 2.0 ** torch.arange(num_freqs, dtype=torch.float32)
@@ -88,9 +90,7 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, qkv_bias: bool, qk_norm: bool) -> None:
         super().__init__()
-        self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(width, heads, qkv_bias, qk_norm) for _ in range(layers)]
-        )
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads, qkv_bias, qk_norm) for _ in range(layers)])
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.resblocks:
@@ -195,9 +195,7 @@ class ShapeVAEDecoder(nn.Module):
         self.cfg = cfg
         self.fourier_embedder = FourierEmbedder(cfg.num_freqs, cfg.include_pi)
         self.post_kl = nn.Linear(cfg.embed_dim, cfg.width)
-        self.transformer = Transformer(
-            cfg.width, cfg.num_decoder_layers, cfg.heads, cfg.qkv_bias, cfg.qk_norm
-        )
+        self.transformer = Transformer(cfg.width, cfg.num_decoder_layers, cfg.heads, cfg.qkv_bias, cfg.qk_norm)
         self.geo_decoder = GeometryDecoder(cfg, self.fourier_embedder)
 
     def forward(self, latents: Tensor) -> Tensor:

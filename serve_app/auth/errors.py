@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from starlette.responses import JSONResponse
 
 
-
 def error_body(type: str, code: str, message: str, retryable: bool, request_id: str) -> dict[str, object]:
     return {"type": type, "code": code, "message": message, "retryable": retryable, "request_id": request_id}
 

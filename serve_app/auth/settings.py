@@ -31,7 +31,8 @@ class RateLimitSettings(BaseModel):
     )
     backoff_max_s: float = Field(900.0, gt=0, description="Longest block; at least `backoff_base_s`.")
     forgive_after_s: float = Field(
-        3600.0, ge=0,
+        3600.0,
+        ge=0,
         description="A subject that stays clean this long after its last block starts again at `backoff_base_s`.",
     )
 
@@ -69,12 +70,16 @@ class AuthSettings(BaseModel):
         description="Paths under this prefix need a valid agent signature; others (e.g. `/healthz`) do not.",
     )
     max_age_s: int = Field(
-        MAX_LIFETIME_S, ge=1, le=MAX_LIFETIME_S,
+        MAX_LIFETIME_S,
+        ge=1,
+        le=MAX_LIFETIME_S,
         description="Signature window: `created` may be at most this many seconds old "
         "(`now - max_age_s <= created`, and `expires` not passed); the profile caps it at 300.",
     )
     future_skew_s: int = Field(
-        60, ge=0, le=MAX_LIFETIME_S,
+        60,
+        ge=0,
+        le=MAX_LIFETIME_S,
         description="Signature window: `created` may be this many seconds ahead of the server's clock "
         "(`created <= now + future_skew_s`).",
     )

@@ -93,7 +93,12 @@ _RESPONSES: dict[Reason, tuple[int, str, str, str]] = {
     ),
     "scope_denied": (403, "permission_error", "scope_denied", "This key lacks the scope this endpoint requires."),
     "rate_limited": (429, "rate_limit_error", "rate_limited", "Too many failed authentication attempts; retry later."),
-    "store_error": (503, "unavailable_error", "auth_unavailable", "Authentication is temporarily unavailable; retry shortly."),
+    "store_error": (
+        503,
+        "unavailable_error",
+        "auth_unavailable",
+        "Authentication is temporarily unavailable; retry shortly.",
+    ),
 }
 _LOOKUP_REASONS: dict[str, Reason] = {"unknown": "unknown_key", "revoked": "revoked_key", "expired": "expired_key"}
 _RETRYABLE: frozenset[Reason] = frozenset({"rate_limited", "store_error"})
@@ -235,7 +240,7 @@ class RequestVerifier:
 
     async def verify(self, request: SignedRequest, now: float) -> Principal | Denial:
         """Steps 2-8 for a request whose client passed step 1 and whose body is within the limit."""
-        headers = get_header_fields(_HeaderLines(request.headers))  # type: ignore[no-untyped-call]
+        headers = get_header_fields(_HeaderLines(request.headers))
         # 2. strict parse
         try:
             sig = parse_signature(headers)

@@ -36,9 +36,7 @@ def claim_statement(*, worker_id: str, limit: int, lease_s: float, now: datetime
     picked = JOBS.alias("picked")
 
     priority_class = case((queued.c.priority == "critical", 0), else_=1)
-    last_served = (
-        select(func.max(served.c.claimed_at)).where(served.c.agent == queued.c.agent).scalar_subquery()
-    )
+    last_served = select(func.max(served.c.claimed_at)).where(served.c.agent == queued.c.agent).scalar_subquery()
     # A job past its deadline is never started (expire_overdue marks it); one that already ran once and
     # was requeued after a crash keeps its place: its deadline was about starting, and it started.
     startable = or_(queued.c.deadline_at.is_(None), queued.c.deadline_at >= now, queued.c.attempts > 0)
@@ -94,4 +92,3 @@ def claim_statement(*, worker_id: str, limit: int, lease_s: float, now: datetime
         )
         .returning(*JOBS.c)
     )
-

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from deployments.contract import CANONICAL_FORMAT, ErrorCode, GenerationError, GenerationRequest, Outcome
+from deployments.hunyuan3d.params import GenerationParams
 from serve_app.artifacts import ArtifactStore
 from serve_app.config import JobSettings
 from serve_app.jobs.events import JobEvent, JobEvents
@@ -191,7 +192,9 @@ class Dispatcher:
             relpath, stats = await self._produce(job, timings)
         except ModelUnavailable as exc:
             self._finishing.add(job.id)
-            status = await self._store.requeue(job.id, self.worker_id, code=ErrorCode.MODEL_UNAVAILABLE, message=str(exc))
+            status = await self._store.requeue(
+                job.id, self.worker_id, code=ErrorCode.MODEL_UNAVAILABLE, message=str(exc)
+            )
             logger.warning("job %s: %s; %s", job.id, exc, "back in the queue" if status == "queued" else status)
             if status == "failed":
                 self._publish(job, "failed", "failed", job.progress, error_code=ErrorCode.MODEL_UNAVAILABLE.value)
@@ -221,7 +224,7 @@ class Dispatcher:
         Raises the request's ``GenerationError`` or ``ModelUnavailable``.
         """
         image = await asyncio.to_thread(self._artifacts.read_bytes, job.input_path)
-        request = GenerationRequest(image, job.seed, dict(job.params), job.priority, job.id)
+        request = GenerationRequest(image, job.seed, GenerationParams.from_dict(job.params), job.priority, job.id)
         started = time.perf_counter()
         outcome = await self._generate(request)
         timings["generate_s"] = time.perf_counter() - started
@@ -242,4 +245,3 @@ class Dispatcher:
 
     def _publish(self, job: JobRecord, status: str, stage: str, progress: int, error_code: str | None = None) -> None:
         self.events.publish(JobEvent(job.id, job.agent, status, stage, progress, self._store.now(), error_code))
-

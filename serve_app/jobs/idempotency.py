@@ -45,7 +45,7 @@ async def reserve(
     now: datetime,
     ttl_s: float,
     pending_timeout_s: float,
-) -> Mapping[str, Any] | None:
+) -> Mapping[Any, Any] | None:
     """Reserve ``key`` for this request: None when reserved, else the finished record to replay.
 
     Raises IdempotencyConflict when the key was used with another body, IdempotencyInProgress while the
@@ -95,9 +95,7 @@ async def reserve(
     raise IdempotencyInProgress(f"a request with Idempotency-Key {key!r} is still being processed; retry shortly")
 
 
-async def finish(
-    conn: AsyncConnection, agent: str, key: str, *, job_id: str | None, batch_id: str | None
-) -> None:
+async def finish(conn: AsyncConnection, agent: str, key: str, *, job_id: str | None, batch_id: str | None) -> None:
     """Mark the reservation done, inside the transaction that created the job(s)."""
     await conn.execute(
         update(IDEMPOTENCY)
@@ -123,4 +121,3 @@ async def purge(engine: AsyncEngine, *, now: datetime, ttl_s: float) -> int:
             delete(IDEMPOTENCY).where(IDEMPOTENCY.c.created_at < now - timedelta(seconds=ttl_s))
         )
     return result.rowcount
-

@@ -8,9 +8,9 @@ artifact store; rows hold their relative paths only.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from serve_app.db import Base
@@ -82,6 +82,7 @@ class IdempotencyRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
-JOBS = JobRow.__table__
-BATCHES = BatchRow.__table__
-IDEMPOTENCY = IdempotencyRow.__table__
+# Declarative classes type __table__ as a FromClause; at run time it is the Table the statements need.
+JOBS = cast(Table, JobRow.__table__)
+BATCHES = cast(Table, BatchRow.__table__)
+IDEMPOTENCY = cast(Table, IdempotencyRow.__table__)

@@ -79,7 +79,7 @@ class JobRecord:
     result_path: str | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> JobRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:
         return cls(**{f.name: row[f.name] for f in fields(cls)})
 
     @property

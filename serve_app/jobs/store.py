@@ -89,10 +89,14 @@ class JobStore:
         # 1. Reserve the idempotency key (or replay the request that used it).
         if key is not None and request_hash is not None:
             done = await idempotency.reserve(
-                self._engine, agent, key, request_hash, now=now,
+                self._engine,
+                agent,
+                key,
+                request_hash,
+                now=now,
                 ttl_s=self.settings.idempotency_ttl_s,
                 pending_timeout_s=self.settings.idempotency_pending_timeout_s,
-            )  # fmt: skip
+            )
             if done is not None:
                 return await self._replay(agent, done["job_id"], done["batch_id"])
         batch_id = "batch_" + secrets.token_hex(16) if as_batch else None
@@ -108,9 +112,7 @@ class JobStore:
             # 4. Batch, jobs and the idempotency record commit together.
             async with self._engine.begin() as conn:
                 if batch_id is not None:
-                    await conn.execute(
-                        insert(BATCHES).values(id=batch_id, agent=agent, size=len(rows), created_at=now)
-                    )
+                    await conn.execute(insert(BATCHES).values(id=batch_id, agent=agent, size=len(rows), created_at=now))
                 await conn.execute(insert(JOBS), rows)
                 if key is not None:
                     single = None if as_batch else rows[0]["id"]
@@ -127,18 +129,34 @@ class JobStore:
         job_id = "job_" + secrets.token_hex(16)
         deadline_s = job.deadline_s if job.deadline_s is not None else self.settings.default_deadline_s
         return {
-            "id": job_id, "agent": agent, "batch_id": batch_id, "batch_index": index,
-            "status": "queued", "stage": "queued", "progress": 0, "priority": job.priority,
+            "id": job_id,
+            "agent": agent,
+            "batch_id": batch_id,
+            "batch_index": index,
+            "status": "queued",
+            "stage": "queued",
+            "progress": 0,
+            "priority": job.priority,
             # A drawn seed is stored like a given one, so the job can be reproduced.
             "seed": job.seed if job.seed is not None else secrets.randbelow(MAX_DRAWN_SEED + 1),
-            "params": dict(job.params), "model": job.model,
+            "params": dict(job.params),
+            "model": job.model,
             "input_path": f"inputs/{job_id}.{job.image_format}",
-            "created_at": now, "started_at": None, "claimed_at": None, "finished_at": None,
+            "created_at": now,
+            "started_at": None,
+            "claimed_at": None,
+            "finished_at": None,
             "deadline_at": now + timedelta(seconds=deadline_s) if deadline_s is not None else None,
-            "lease_owner": None, "lease_expires_at": None, "attempts": 0,
-            "error_code": None, "error_message": None, "retryable": None,
-            "mesh_stats": None, "timings": None, "result_path": None,
-        }  # fmt: skip
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "attempts": 0,
+            "error_code": None,
+            "error_message": None,
+            "retryable": None,
+            "mesh_stats": None,
+            "timings": None,
+            "result_path": None,
+        }
 
     def _write_inputs(self, rows: list[dict[str, Any]], jobs: list[NewJob], written: list[str]) -> None:
         for row, job in zip(rows, jobs, strict=True):
@@ -162,8 +180,10 @@ class JobStore:
     async def get_batch(self, agent: str, batch_id: str) -> BatchRecord | None:
         async with self._engine.connect() as conn:
             batch = (
-                await conn.execute(select(BATCHES).where(BATCHES.c.id == batch_id, BATCHES.c.agent == agent))
-            ).mappings().first()
+                (await conn.execute(select(BATCHES).where(BATCHES.c.id == batch_id, BATCHES.c.agent == agent)))
+                .mappings()
+                .first()
+            )
         if batch is None:
             return None
         jobs = await self._select(select(JOBS).where(JOBS.c.batch_id == batch_id).order_by(JOBS.c.batch_index))
@@ -200,9 +220,12 @@ class JobStore:
             update(JOBS)
             .where(JOBS.c.id == job_id, JOBS.c.agent == agent, JOBS.c.status.in_(("queued", "running")))
             .values(
-                status="cancelled", stage="cancelled", finished_at=self._clock(),
-                lease_owner=None, lease_expires_at=None,
-            )  # fmt: skip
+                status="cancelled",
+                stage="cancelled",
+                finished_at=self._clock(),
+                lease_owner=None,
+                lease_expires_at=None,
+            )
         )
         return await self.get(agent, job_id)
 
@@ -243,15 +266,24 @@ class JobStore:
         self, job_id: str, worker_id: str, *, result_path: str, mesh_stats: dict[str, Any], timings: dict[str, Any]
     ) -> bool:
         """Mark the job succeeded; False (and nothing changes) unless this worker still holds it."""
-        return await self._execute(
-            update(JOBS)
-            .where(JOBS.c.id == job_id, *self._owned(worker_id))
-            .values(
-                status="succeeded", stage="done", progress=100, finished_at=self._clock(),
-                result_path=result_path, mesh_stats=mesh_stats, timings=timings,
-                lease_owner=None, lease_expires_at=None,
-            )  # fmt: skip
-        ) == 1
+        return (
+            await self._execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, *self._owned(worker_id))
+                .values(
+                    status="succeeded",
+                    stage="done",
+                    progress=100,
+                    finished_at=self._clock(),
+                    result_path=result_path,
+                    mesh_stats=mesh_stats,
+                    timings=timings,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            == 1
+        )
 
     async def fail(
         self,
@@ -264,15 +296,24 @@ class JobStore:
     ) -> bool:
         """Mark the job failed with an error (retryable as its code says); False unless this worker still
         holds it."""
-        return await self._execute(
-            update(JOBS)
-            .where(JOBS.c.id == job_id, *self._owned(worker_id))
-            .values(
-                status="failed", stage="failed", finished_at=self._clock(),
-                error_code=code.value, error_message=message, retryable=code.retryable, timings=timings,
-                lease_owner=None, lease_expires_at=None,
-            )  # fmt: skip
-        ) == 1
+        return (
+            await self._execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, *self._owned(worker_id))
+                .values(
+                    status="failed",
+                    stage="failed",
+                    finished_at=self._clock(),
+                    error_code=code.value,
+                    error_message=message,
+                    retryable=code.retryable,
+                    timings=timings,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            == 1
+        )
 
     async def requeue(self, job_id: str, worker_id: str, *, code: ErrorCode, message: str) -> str | None:
         """Put a held job back in the queue after its run was lost through no fault of its own (the model
@@ -284,7 +325,9 @@ class JobStore:
         owned = (JOBS.c.id == job_id, *self._owned(worker_id))
         async with self._engine.begin() as conn:
             requeued = await conn.execute(
-                update(JOBS).where(*owned, JOBS.c.attempts < max_attempts).values(_requeued_values(attempts=JOBS.c.attempts))
+                update(JOBS)
+                .where(*owned, JOBS.c.attempts < max_attempts)
+                .values(_requeued_values(attempts=JOBS.c.attempts))
             )
             if requeued.rowcount == 1:
                 return "queued"
@@ -292,20 +335,28 @@ class JobStore:
                 update(JOBS)
                 .where(*owned)
                 .values(
-                    status="failed", stage="failed", finished_at=self._clock(), error_code=code.value,
-                    error_message=f"{message} (on all {max_attempts} attempts)", retryable=code.retryable,
-                    lease_owner=None, lease_expires_at=None,
-                )  # fmt: skip
+                    status="failed",
+                    stage="failed",
+                    finished_at=self._clock(),
+                    error_code=code.value,
+                    error_message=f"{message} (on all {max_attempts} attempts)",
+                    retryable=code.retryable,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
             )
             return "failed" if failed.rowcount == 1 else None
 
     async def release(self, job_id: str, worker_id: str) -> bool:
         """Put a held job back in the queue without counting the attempt (graceful shutdown)."""
-        return await self._execute(
-            update(JOBS)
-            .where(JOBS.c.id == job_id, *self._owned(worker_id))
-            .values(_requeued_values(attempts=JOBS.c.attempts - 1))
-        ) == 1
+        return (
+            await self._execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, *self._owned(worker_id))
+                .values(_requeued_values(attempts=JOBS.c.attempts - 1))
+            )
+            == 1
+        )
 
     async def expire_overdue(self) -> list[str]:
         """Expire queued jobs that were never started and are past their deadline; returns their ids."""
@@ -314,10 +365,13 @@ class JobStore:
             update(JOBS)
             .where(JOBS.c.status == "queued", JOBS.c.attempts == 0, JOBS.c.deadline_at < now)
             .values(
-                status="expired", stage="expired", finished_at=now, error_code=ErrorCode.DEADLINE_EXCEEDED.value,
+                status="expired",
+                stage="expired",
+                finished_at=now,
+                error_code=ErrorCode.DEADLINE_EXCEEDED.value,
                 error_message="the job was not started before its deadline",
                 retryable=ErrorCode.DEADLINE_EXCEEDED.retryable,
-            )  # fmt: skip
+            )
             .returning(JOBS.c.id)
         )
         async with self._engine.begin() as conn:
@@ -336,10 +390,15 @@ class JobStore:
             update(JOBS)
             .where(*lost, JOBS.c.attempts >= max_attempts)
             .values(
-                status="failed", stage="failed", finished_at=now, error_code=ErrorCode.WORKER_LOST.value,
+                status="failed",
+                stage="failed",
+                finished_at=now,
+                error_code=ErrorCode.WORKER_LOST.value,
                 error_message=f"the worker running this job stopped responding {max_attempts} times; giving up",
-                retryable=ErrorCode.WORKER_LOST.retryable, lease_owner=None, lease_expires_at=None,
-            )  # fmt: skip
+                retryable=ErrorCode.WORKER_LOST.retryable,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
             .returning(JOBS.c.id)
         )
         requeue = (
@@ -374,9 +433,13 @@ class JobStore:
 
 def _requeued_values(*, attempts: Any) -> dict[str, Any]:
     return {
-        "status": "queued", "stage": "queued", "progress": 0, "attempts": attempts,
-        "lease_owner": None, "lease_expires_at": None,
-    }  # fmt: skip
+        "status": "queued",
+        "stage": "queued",
+        "progress": 0,
+        "attempts": attempts,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
 
 
 def _encode_cursor(job: JobRecord) -> str:

@@ -74,9 +74,12 @@ def serve_api(tmp_path: Path, **overrides: Any) -> Iterator[LiveApi]:
     api = run(start_api(tmp_path, public_url=url, **overrides))
     run(api.client.aclose())  # start_api's ASGI client; we serve over a socket instead (closing twice is fine)
     config = uvicorn.Config(
-        build_http_app(api.service), log_level="warning", access_log=False, lifespan="off",
+        build_http_app(api.service),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
         timeout_graceful_shutdown=2,
-    )  # fmt: skip
+    )
     server = uvicorn.Server(config)
     serving = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), loop)
     deadline = time.monotonic() + 10

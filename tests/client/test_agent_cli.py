@@ -33,9 +33,24 @@ def images(tmp_path: Path) -> list[Path]:
 def test_agent_cli_submit_wait_downloads_each_mesh(live_api, capsys, images, tmp_path):
     out = tmp_path / "meshes"
     status, results, err = run_cli(
-        capsys, live_api, "submit", *map(str, images), "--seed", "4", "--steps", "5", "--octree-resolution", "64",
-        "--guidance-scale", "4.5", "--wait", "--out", str(out), "--format", "stl",
-    )  # fmt: skip
+        capsys,
+        live_api,
+        "submit",
+        *map(str, images),
+        "--seed",
+        "4",
+        "--steps",
+        "5",
+        "--octree-resolution",
+        "64",
+        "--guidance-scale",
+        "4.5",
+        "--wait",
+        "--out",
+        str(out),
+        "--format",
+        "stl",
+    )
     assert status == 0 and err == ""
     assert [result["image"] for result in results] == [str(path) for path in images]
     for result in results:
@@ -74,8 +89,12 @@ def test_agent_cli_download_writes_the_requested_format(live_api, capsys, tmp_pa
         client.wait(job_id, timeout=10)
     target = tmp_path / "mesh.obj"
     status, result, _ = run_cli(capsys, live_api, "download", job_id, "--format", "obj", "--out", str(target))
-    assert status == 0 and result == {"job_id": job_id, "format": "obj", "path": str(target),
-                                      "bytes": target.stat().st_size}  # fmt: skip
+    assert status == 0 and result == {
+        "job_id": job_id,
+        "format": "obj",
+        "path": str(target),
+        "bytes": target.stat().st_size,
+    }
     assert len(trimesh.load(io.BytesIO(target.read_bytes()), file_type="obj", force="mesh").faces) == 320
 
 

@@ -24,7 +24,11 @@ from deployments.hunyuan3d.volume import dense_grid_points
 
 class SyntheticPipeline:
     def __init__(
-        self, gpu_s: float = 0.0, cpu_s: float = 0.0, empty_seeds: Sequence[int] = (), cpu_holds_until_gpu_passes: int = 0
+        self,
+        gpu_s: float = 0.0,
+        cpu_s: float = 0.0,
+        empty_seeds: Sequence[int] = (),
+        cpu_holds_until_gpu_passes: int = 0,
     ) -> None:
         self.device = torch.device("cpu")
         self.image_processor = ImageProcessor(ImageProcessorConfig(size=64))
@@ -34,7 +38,10 @@ class SyntheticPipeline:
         self._gpu_started = threading.Condition()
 
     def generate_volumes(
-        self, pixels: torch.Tensor, seeds: Sequence[int], params: GenerationParams,
+        self,
+        pixels: torch.Tensor,
+        seeds: Sequence[int],
+        params: GenerationParams,
         timings: StageTimings | None = None,
     ) -> torch.Tensor:
         assert pixels.shape[0] == len(seeds)
@@ -51,7 +58,10 @@ class SyntheticPipeline:
             return torch.stack(grids)
 
     def extract_surfaces(
-        self, grids: torch.Tensor, params: GenerationParams, timings: StageTimings | None = None,
+        self,
+        grids: torch.Tensor,
+        params: GenerationParams,
+        timings: StageTimings | None = None,
         return_exceptions: bool = False,
     ) -> list[trimesh.Trimesh | Exception]:
         timings = timings or StageTimings()

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from deployments.batching import batch_key, group_positions, is_out_of_memory, run_bisecting
-from deployments.hunyuan3d import GenerationParams
 from deployments.contract import GenerationRequest
+from deployments.hunyuan3d import GenerationParams
 
 from .conftest import FAST, object_png
 
@@ -29,8 +29,17 @@ def test_batch_key_equal_params_share_a_pass():
     assert batch_key(a) == batch_key(b)
 
 
-@pytest.mark.parametrize("change", [{"num_inference_steps": 3}, {"guidance_scale": 4.0}, {"octree_resolution": 48},
-                                    {"volume_decoder": "hierarchical"}, {"box_v": 1.0}, {"mc_level": 0.1}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"num_inference_steps": 3},
+        {"guidance_scale": 4.0},
+        {"octree_resolution": 48},
+        {"volume_decoder": "hierarchical"},
+        {"box_v": 1.0},
+        {"mc_level": 0.1},
+    ],
+)
 def test_batch_key_differs_when_a_pass_wide_parameter_differs(change):
     other = GenerationParams(**{**FAST.to_dict(), **change})
     first, second = GenerationRequest(object_png(), params=FAST), GenerationRequest(object_png(), params=other)

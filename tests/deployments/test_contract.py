@@ -58,8 +58,12 @@ def test_error_survives_pickling_with_its_fields():
     error = GenerationError(ErrorCode.OUT_OF_MEMORY, "too big", job_id="job-1")
     copy = pickle.loads(pickle.dumps(error))
     assert (type(copy), copy.code, copy.message, copy.job_id, str(copy)) == (
-        GenerationError, ErrorCode.OUT_OF_MEMORY, "too big", "job-1", "out_of_memory: too big"
-    )  # fmt: skip
+        GenerationError,
+        ErrorCode.OUT_OF_MEMORY,
+        "too big",
+        "job-1",
+        "out_of_memory: too big",
+    )
 
 
 @pytest.mark.parametrize(
@@ -76,9 +80,9 @@ def test_error_unknown_code_is_refused():
         GenerationError("empty_mesh", "x")
 
 
-def test_error_codes_are_unique_and_described():
+def test_error_codes_are_unique_and_each_has_a_retryable_flag_and_a_meaning():
     assert len({code.value for code in ErrorCode}) == len(ErrorCode)
-    assert all(code.meaning and code.value.islower() for code in ErrorCode)
+    assert all(isinstance(code.retryable, bool) and code.meaning and code.value.islower() for code in ErrorCode)
 
 
 def test_contract_imports_without_torch_ray_or_numpy():

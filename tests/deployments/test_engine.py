@@ -20,7 +20,11 @@ from .fakes import SyntheticPipeline
 
 def queued(image: bytes, seed: int, params: GenerationParams = FAST, priority: str = "normal") -> Queued:
     request = GenerationRequest(
-        image, seed=seed, params=params, priority=priority, job_id=f"job-{seed}"  # type: ignore[arg-type]
+        image,
+        seed=seed,
+        params=params,
+        priority=priority,
+        job_id=f"job-{seed}",  # type: ignore[arg-type]
     )
     return Queued(request, time.monotonic())
 
@@ -49,13 +53,17 @@ async def wait_until(condition, timeout: float = 10.0) -> None:
 
 async def test_engine_batch_results_equal_single_runs(tiny_pipeline: ShapePipeline):
     engine = make_engine(tiny_pipeline)
-    items = [queued(fixture_png("object_rgba.png"), 11), queued(fixture_png("plain_rgb.png"), 12),
-             queued(object_png(), 13), queued(fixture_png("object_rgba.png"), 14)]
+    items = [
+        queued(fixture_png("object_rgba.png"), 11),
+        queued(fixture_png("plain_rgb.png"), 12),
+        queued(object_png(), 13),
+        queued(fixture_png("object_rgba.png"), 14),
+    ]
     batched = await engine.run_batch(items)
     assert codes(batched) == ["ok"] * 4
     assert [r.batch_size for r in batched] == [4] * 4
     assert [p.size for p in engine.passes] == [4]
-    for item, together in zip(items, batched):
+    for item, together in zip(items, batched, strict=True):
         [alone] = await engine.run_batch([item])
         assert alone.batch_size == 1
         assert (together.seed, together.job_id) == (item.request.seed, item.request.job_id)
@@ -73,8 +81,13 @@ async def test_engine_result_carries_stage_timings_and_queue_wait(tiny_pipeline:
 
 async def test_engine_bad_items_fail_alone_and_batch_mates_complete(tiny_pipeline: ShapePipeline):
     engine = make_engine(tiny_pipeline)
-    items = [queued(object_png(), 1), queued(b"not an image at all", 2), queued(object_png(5), 3),
-             queued(transparent_png(), 4), queued(object_png()[:200], 5)]
+    items = [
+        queued(object_png(), 1),
+        queued(b"not an image at all", 2),
+        queued(object_png(5), 3),
+        queued(transparent_png(), 4),
+        queued(object_png()[:200], 5),
+    ]
     outcomes = await engine.run_batch(items)
     assert codes(outcomes) == ["ok", "invalid_image", "ok", "invalid_image", "invalid_image"]
     assert "not an image PIL can read" in outcomes[1].message
@@ -87,8 +100,14 @@ async def test_engine_bad_items_fail_alone_and_batch_mates_complete(tiny_pipelin
 async def test_engine_mixed_keys_split_into_passes_keeping_positions(tiny_pipeline: ShapePipeline):
     other = GenerationParams(num_inference_steps=3, octree_resolution=32, volume_decoder="dense")
     engine = make_engine(tiny_pipeline)
-    outcomes = await engine.run_batch([queued(object_png(), 1), queued(object_png(), 2, other),
-                                       queued(object_png(), 3), queued(object_png(), 4, other)])
+    outcomes = await engine.run_batch(
+        [
+            queued(object_png(), 1),
+            queued(object_png(), 2, other),
+            queued(object_png(), 3),
+            queued(object_png(), 4, other),
+        ]
+    )
     assert [o.seed for o in outcomes] == [1, 2, 3, 4]
     assert [o.batch_size for o in outcomes] == [2, 2, 2, 2]
     assert [(p.size, p.job_ids) for p in engine.passes] == [(2, ["job-1", "job-3"]), (2, ["job-2", "job-4"])]
@@ -106,7 +125,7 @@ async def test_engine_injected_oom_halves_the_pass_and_reports_the_size_that_ran
     assert (engine.passes[-1].oom_splits, engine.oom_splits_total, lowered) == (1, 1, [2])
     # the halves give the same meshes as one pass would have
     engine.inject_oom_above = None
-    for item, outcome in zip(items, await engine.run_batch(items)):
+    for item, outcome in zip(items, await engine.run_batch(items), strict=True):
         assert_same_mesh(outcome, outcomes[item.request.seed])
 
 
@@ -160,7 +179,9 @@ async def test_engine_critical_request_overtakes_batches_waiting_for_the_gpu(tin
     await asyncio.gather(first, second)
     assert isinstance(outcome, GenerationResult) and outcome.batch_size == 1
     assert [(p.path, p.job_ids) for p in engine.passes] == [
-        ("critical", ["job-9"]), ("batch", ["job-1", "job-2"]), ("batch", ["job-3"])
+        ("critical", ["job-9"]),
+        ("batch", ["job-1", "job-2"]),
+        ("batch", ["job-3"]),
     ]
 
 

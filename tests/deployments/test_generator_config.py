@@ -50,10 +50,20 @@ def test_batching_config_accepts_int_auto_and_table():
     assert [BatchingConfig(max_batch_size=v).max_batch_size for v in (4, "auto", "table")] == [4, "auto", "table"]
 
 
-@pytest.mark.parametrize("values", [{"max_batch_size": 0}, {"max_batch_size": 65}, {"max_batch_size": "max"},
-                                    {"max_concurrent_batches": 0}, {"max_concurrent_batches": 5},
-                                    {"batch_wait_timeout_s": -0.1}, {"vram_budget_gib": 0},
-                                    {"inject_oom_above_batch_size": -1}, {"batch_size": 4}])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"max_batch_size": 0},
+        {"max_batch_size": 65},
+        {"max_batch_size": "max"},
+        {"max_concurrent_batches": 0},
+        {"max_concurrent_batches": 5},
+        {"batch_wait_timeout_s": -0.1},
+        {"vram_budget_gib": 0},
+        {"inject_oom_above_batch_size": -1},
+        {"batch_size": 4},
+    ],
+)
 def test_batching_config_out_of_range_values_are_rejected(values):
     with pytest.raises(ValidationError):
         BatchingConfig(**values)

@@ -28,8 +28,14 @@ def test_generator_starts_with_default_batching_until_reconfigured(generator: Sh
 
 
 async def test_generator_reconfigure_applies_every_batch_setting(generator: ShapeGenerator):
-    await generator.reconfigure({"max_batch_size": 3, "batch_wait_timeout_s": 0.2, "max_concurrent_batches": 1,
-                                 "inject_oom_above_batch_size": 2})
+    await generator.reconfigure(
+        {
+            "max_batch_size": 3,
+            "batch_wait_timeout_s": 0.2,
+            "max_concurrent_batches": 1,
+            "inject_oom_above_batch_size": 2,
+        }
+    )
     assert (generator.max_batch_size, generator.admission.size, generator.engine.batch_slots.size) == (3, 3, 1)
     assert generator._start_batch._get_max_batch_size() == 3
     assert generator._start_batch._get_batch_wait_timeout_s() == 0.2

@@ -20,9 +20,9 @@ from ray.serve._private.api import serve_start  # what `serve deploy` ends up ca
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
+from deployments.contract import GenerationError, GenerationRequest, GenerationResult
 from deployments.generator_config import resolve_path
 from deployments.hunyuan3d import GenerationParams
-from deployments.contract import GenerationError, GenerationRequest, GenerationResult
 
 from .conftest import FAST_DICT, mesh_of, object_png, transparent_png
 
@@ -79,8 +79,10 @@ def generator(ray_session: str) -> Iterator[Generator]:
 
 
 def requests(count: int, params: dict[str, Any] = FAST_DICT, first_seed: int = 0) -> list[GenerationRequest]:
-    return [GenerationRequest(object_png(shift=seed % 7), seed=seed, params=params, job_id=f"job-{seed}")
-            for seed in range(first_seed, first_seed + count)]
+    return [
+        GenerationRequest(object_png(shift=seed % 7), seed=seed, params=params, job_id=f"job-{seed}")
+        for seed in range(first_seed, first_seed + count)
+    ]
 
 
 def test_generator_concurrent_requests_form_batches_equal_to_sequential_calls(generator: Generator):
@@ -91,13 +93,14 @@ def test_generator_concurrent_requests_form_batches_equal_to_sequential_calls(ge
     sizes = [p["size"] for p in generator.new_passes(before)]
     assert sum(sizes) == 8 and max(sizes) == 4  # max_batch_size 4 from the committed config
     assert max(r.batch_size for r in batched) == 4
-    for job, together in zip(jobs, batched):
+    for job, together in zip(jobs, batched, strict=True):
         alone = generator.handle.generate.remote(job).result(timeout_s=60)
         assert alone.batch_size == 1 and together.job_id == alone.job_id == job.job_id
         mesh_alone, mesh_together = mesh_of(alone), mesh_of(together)
         assert (mesh_alone.vertices.shape, mesh_alone.faces.shape) == (
-            mesh_together.vertices.shape, mesh_together.faces.shape
-        )  # fmt: skip
+            mesh_together.vertices.shape,
+            mesh_together.faces.shape,
+        )
         assert np.abs(mesh_alone.vertices - mesh_together.vertices).max() < 1e-4
 
 
@@ -109,7 +112,8 @@ def test_generator_bad_items_do_not_fail_their_batch_mates(generator: Generator)
     outcomes = generator.call_all(jobs)
     assert [isinstance(o, GenerationResult) for o in outcomes] == [True, False, False, True]
     assert [(o.code, o.job_id) for o in outcomes[1:3]] == [
-        ("invalid_image", "undecodable"), ("invalid_image", "transparent")
+        ("invalid_image", "undecodable"),
+        ("invalid_image", "transparent"),
     ]
     assert [p["size"] for p in generator.new_passes(before)] == [2]
 
@@ -128,8 +132,11 @@ def test_generator_critical_request_overtakes_queued_batches(generator: Generato
     assert isinstance(urgent, GenerationResult) and urgent.batch_size == 1
     passes = generator.new_passes(before)
     [mine] = [p for p in passes if p["path"] == "critical"]
-    overtaken = [p for p in passes if p["path"] == "batch" and p["waiting_since"] < mine["waiting_since"]
-                 and p["gpu_start"] > mine["gpu_start"]]
+    overtaken = [
+        p
+        for p in passes
+        if p["path"] == "batch" and p["waiting_since"] < mine["waiting_since"] and p["gpu_start"] > mine["gpu_start"]
+    ]
     assert overtaken, f"no batch that was waiting ran after the critical request: {passes}"
     # it waited only for the pass in progress, not in a batch window
     running = [p for p in passes if p["gpu_start"] < mine["waiting_since"] < p["gpu_end"]]

@@ -25,8 +25,13 @@ def linear_peak(base_gib: float, per_item_gib: float, oom_above_gib: float = 1e9
 
 
 def test_table_committed_file_has_every_named_variant_and_a_default():
-    assert {"hunyuan3d-dit-v2-0", "hunyuan3d-dit-v2-0-fast", "hunyuan3d-dit-v2-0-turbo", "hunyuan3d-dit-v2-mini",
-            "default"} <= set(TABLE.variants)
+    assert {
+        "hunyuan3d-dit-v2-0",
+        "hunyuan3d-dit-v2-0-fast",
+        "hunyuan3d-dit-v2-0-turbo",
+        "hunyuan3d-dit-v2-mini",
+        "default",
+    } <= set(TABLE.variants)
 
 
 def test_table_lookup_takes_largest_budget_not_above_the_given_one():

@@ -23,13 +23,15 @@ def test_map_key_converts_transformers4_dinov2_names():
 
 
 def test_map_key_rejects_unknown_prefixes_naming_the_key():
-    with pytest.raises(CheckpointError, match="'texgen.foo'"):
+    with pytest.raises(CheckpointError, match=r"'texgen\.foo'"):
         map_key("texgen.foo")
 
 
 def test_convert_checkpoint_splits_fused_swiglu_gate_first():
     fused = torch.arange(8.0).view(8, 1)
-    converted = convert_checkpoint({"conditioner.main_image_encoder.model.encoder.layer.0.mlp.weights_in.weight": fused})
+    converted = convert_checkpoint(
+        {"conditioner.main_image_encoder.model.encoder.layer.0.mlp.weights_in.weight": fused}
+    )
     sd = converted["conditioner"]
     assert torch.equal(sd["model.encoder.layer.0.mlp.gate_proj.weight"], fused[:4])
     assert torch.equal(sd["model.encoder.layer.0.mlp.up_proj.weight"], fused[4:])
@@ -71,5 +73,5 @@ def test_find_weight_file_prefers_fp16_safetensors(tmp_path):
 
 def test_missing_weights_name_the_expected_files(tmp_path):
     shutil.copy(CFG_FOLDER / "config.yaml", tmp_path / "config.yaml")
-    with pytest.raises(FileNotFoundError, match="model.fp16.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"model\.fp16\.safetensors"):
         ShapePipeline.from_pretrained(tmp_path)

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from deployments.hunyuan3d import EmptyImageError, GenerationParams, ShapePipeline, StageTimings
-from deployments.hunyuan3d.pipeline import STAGES, flow_sigmas, make_scheduler
 from deployments.hunyuan3d.config import SchedulerConfig
+from deployments.hunyuan3d.pipeline import STAGES, flow_sigmas, make_scheduler
 
 from .conftest import TINY_MODELS
 
@@ -22,7 +22,7 @@ def test_pipeline_batch_of_four_equals_four_sequential_calls(tiny_cfg_pipeline, 
     timings = StageTimings()
     batched = tiny_cfg_pipeline.generate_shape_batch(images, seeds, FAST, timings)
     assert set(timings.seconds) == set(STAGES)
-    for image, seed, mesh in zip(images, seeds, batched):
+    for image, seed, mesh in zip(images, seeds, batched, strict=True):
         single = tiny_cfg_pipeline.generate_shape_batch([image], [seed], FAST)[0]
         assert (len(mesh.vertices), len(mesh.faces)) == (len(single.vertices), len(single.faces))
         assert np.abs(mesh.vertices - single.vertices).max() < 1e-4
@@ -44,12 +44,17 @@ def test_pipeline_hierarchical_decoding_matches_dense_surface(tiny_cfg_pipeline,
     params = GenerationParams(num_inference_steps=3, octree_resolution=128, volume_decoder="dense", num_chunks=65536)
     latents = tiny_cfg_pipeline.sample_latents(test_images[:1], [3], params)
     dense = tiny_cfg_pipeline.decode_volumes(latents, params)
-    hierarchical = tiny_cfg_pipeline.decode_volumes(latents, GenerationParams(
-        num_inference_steps=3, octree_resolution=128, volume_decoder="hierarchical", num_chunks=65536))
+    hierarchical = tiny_cfg_pipeline.decode_volumes(
+        latents,
+        GenerationParams(num_inference_steps=3, octree_resolution=128, volume_decoder="hierarchical", num_chunks=65536),
+    )
     # stated tolerance: every grid point has the same inside/outside label, and vertices agree to 1e-4
     assert torch.equal(dense > 0, hierarchical > 0)
-    for mesh_dense, mesh_hier in zip(tiny_cfg_pipeline.extract_surfaces(dense, params),
-                                     tiny_cfg_pipeline.extract_surfaces(hierarchical, params)):
+    for mesh_dense, mesh_hier in zip(
+        tiny_cfg_pipeline.extract_surfaces(dense, params),
+        tiny_cfg_pipeline.extract_surfaces(hierarchical, params),
+        strict=True,
+    ):
         assert len(mesh_dense.vertices) == len(mesh_hier.vertices)
         assert np.abs(mesh_dense.vertices - mesh_hier.vertices).max() < 1e-4
 
@@ -76,14 +81,16 @@ def test_pipeline_loads_ckpt_files_like_safetensors(tmp_path, tiny_cfg_pipeline)
     torch.save(nested, tmp_path / "model.fp16.ckpt")
     (tmp_path / "config.yaml").write_text((TINY_MODELS / "hunyuan3d-dit-v2-0" / "config.yaml").read_text())
     loaded = ShapePipeline.from_pretrained(tmp_path)
-    for ours, reference in zip(loaded.dit.state_dict().values(), tiny_cfg_pipeline.dit.state_dict().values()):
+    for ours, reference in zip(
+        loaded.dit.state_dict().values(), tiny_cfg_pipeline.dit.state_dict().values(), strict=True
+    ):
         assert torch.equal(ours, reference)
 
 
 def test_pipeline_from_config_builds_random_weights_deterministically():
     a = ShapePipeline.from_config(TINY_MODELS / "hunyuan3d-dit-v2-0", seed=3)
     b = ShapePipeline.from_config(TINY_MODELS / "hunyuan3d-dit-v2-0" / "config.yaml", seed=3)
-    for x, y in zip(a.vae.state_dict().values(), b.vae.state_dict().values()):
+    for x, y in zip(a.vae.state_dict().values(), b.vae.state_dict().values(), strict=True):
         assert torch.equal(x, y)
 
 

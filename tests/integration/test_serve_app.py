@@ -195,7 +195,7 @@ def test_e2e_every_protected_endpoint_refuses_bad_requests(live_app, refusal_ids
     good = AgentSigner(live_app.key_id, live_app.secret)
     outcomes = {}
     with httpx.Client(timeout=60) as http:
-        for kind, (status, reason) in REFUSALS.items():
+        for kind in REFUSALS:
             request = _signed(live_app, endpoint, refusal_ids, signers.get(kind, good))
             if kind == "replayed":
                 first = http.send(request)

@@ -41,9 +41,14 @@ def new_job(**overrides: Any) -> NewJob:
 def result_of(mesh: trimesh.Trimesh, request: GenerationRequest, batch_size: int = 1) -> GenerationResult:
     """What the ShapeGenerator returns for ``request`` had it made ``mesh``."""
     return GenerationResult(
-        glb=export_mesh(mesh, CANONICAL_FORMAT), stats=mesh_stats(mesh), timings={"diffusion": 0.01},
-        batch_size=batch_size, queue_wait_s=0.0, seed=request.seed, job_id=request.job_id,
-    )  # fmt: skip
+        glb=export_mesh(mesh, CANONICAL_FORMAT),
+        stats=mesh_stats(mesh),
+        timings={"diffusion": 0.01},
+        batch_size=batch_size,
+        queue_wait_s=0.0,
+        seed=request.seed,
+        job_id=request.job_id,
+    )
 
 
 class FakeModel:

@@ -19,9 +19,13 @@ from serve_app.jobs import Dispatcher, JobEvent, JobStore
 from tests.jobs.helpers import AGENT_A, AGENT_B, IMAGE, FakeModel, new_job, wait_for_status, wait_until
 
 FAST = JobSettings(
-    max_attempts=3, dispatcher_concurrency=4, lease_s=3.0, poll_interval_s=0.05, maintenance_interval_s=0.1,
+    max_attempts=3,
+    dispatcher_concurrency=4,
+    lease_s=3.0,
+    poll_interval_s=0.05,
+    maintenance_interval_s=0.1,
     stop_grace_s=5,
-)  # fmt: skip
+)
 
 
 def quick(**changes: object) -> JobSettings:
@@ -226,15 +230,13 @@ async def test_dispatcher_restart_recovers_a_crashed_job_exactly_once(
     assert done.attempts == 2
     assert other_done.attempts == 2
     # The crashed instance's late completion is refused; the result stays the new one.
-    assert await store.complete(
-        job.id, "instance-1", result_path="results/stale.glb", mesh_stats={}, timings={}
-    ) is False  # fmt: skip
+    assert (
+        await store.complete(job.id, "instance-1", result_path="results/stale.glb", mesh_stats={}, timings={}) is False
+    )
     assert (await store.get(AGENT_A, job.id)).result_path == done.result_path  # type: ignore[union-attr]
     assert len(load_mesh(artifacts.read_bytes(done.result_path), "glb").faces) == 80  # type: ignore[arg-type]
     # Only the completing run left a mesh behind.
-    assert [f"results/{job.id}/{p.name}" for p in (artifacts.root / "results" / job.id).iterdir()] == [
-        done.result_path
-    ]
+    assert [f"results/{job.id}/{p.name}" for p in (artifacts.root / "results" / job.id).iterdir()] == [done.result_path]
 
 
 async def test_dispatcher_stop_requeues_unfinished_jobs_without_using_an_attempt(
@@ -273,7 +275,9 @@ async def test_dispatcher_expires_jobs_past_their_deadline(
     live_store: JobStore, artifacts: ArtifactStore, dispatchers: list[Dispatcher]
 ) -> None:
     model = FakeModel(hold=True)
-    await _start(dispatchers, live_store, artifacts, model, quick(dispatcher_concurrency=1, maintenance_interval_s=0.05))
+    await _start(
+        dispatchers, live_store, artifacts, model, quick(dispatcher_concurrency=1, maintenance_interval_s=0.05)
+    )
     (busy,) = (await live_store.submit(AGENT_A, new_job())).jobs
     await wait_until(lambda: model.active == 1)
     (late,) = (await live_store.submit(AGENT_B, new_job(deadline_s=0.1))).jobs

@@ -12,9 +12,9 @@ from serve_app.jobs import (
     IdempotencyInProgress,
     JobStore,
     QueueFull,
+    idempotency,
     request_fingerprint,
 )
-from serve_app.jobs import idempotency
 from tests.jobs.helpers import AGENT_A, AGENT_B, ManualClock, new_job
 
 BODY = request_fingerprint("POST", "/api/agent/jobs", b'{"image": "..."}')
@@ -48,9 +48,9 @@ async def test_submit_same_key_while_first_in_flight_is_in_progress(
     store: JobStore, engine: AsyncEngine, clock: ManualClock
 ) -> None:
     # The first request reserved the key and is still writing its images.
-    assert await idempotency.reserve(
-        engine, AGENT_A, "k1", BODY, now=clock(), ttl_s=86400, pending_timeout_s=120
-    ) is None  # fmt: skip
+    assert (
+        await idempotency.reserve(engine, AGENT_A, "k1", BODY, now=clock(), ttl_s=86400, pending_timeout_s=120) is None
+    )
 
     with pytest.raises(IdempotencyInProgress, match="'k1' is still being processed"):
         await store.submit(AGENT_A, new_job(), idempotency_key="k1", request_hash=BODY)

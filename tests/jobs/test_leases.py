@@ -5,10 +5,10 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from serve_app.artifacts import ArtifactStore
-from serve_app.db import make_engine
 from deployments.contract import ErrorCode
+from serve_app.artifacts import ArtifactStore
 from serve_app.config import JobSettings
+from serve_app.db import make_engine
 from serve_app.jobs import JobStore
 from tests.jobs.helpers import AGENT_A, AGENT_B, ManualClock, new_job
 

@@ -8,6 +8,7 @@ scripts never call).  pymeshlab is a heavy native wheel that is not needed for
 shape generation, so we register an empty stand-in module in ``sys.modules``
 before importing hy3dgen.  No hy3dgen math is patched.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,6 +30,7 @@ def install_pymeshlab_stub() -> None:
         return
     try:  # use the real one if it happens to be installed
         import pymeshlab  # noqa: F401
+
         return
     except ImportError:
         pass
@@ -45,6 +47,6 @@ def install_pymeshlab_stub() -> None:
 
 def import_shapegen():
     install_pymeshlab_stub()
-    import hy3dgen.shapegen as shapegen  # noqa: E402
+    import hy3dgen.shapegen as shapegen
 
     return shapegen

@@ -19,6 +19,7 @@ per-step latents, and a pass-through wrapper around ``vae.volume_decoder`` that 
 copy of the grid logits it returns.  The only environment change is the pymeshlab
 import stub (see _refenv.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,10 +29,9 @@ import platform
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _refenv import IMAGES_DIR, MODEL_FOLDERS, PARITY_DIR, REPO_ROOT, TINY_ROOT, import_shapegen  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from _refenv import IMAGES_DIR, MODEL_FOLDERS, PARITY_DIR, REPO_ROOT, TINY_ROOT, import_shapegen
 
 IMAGES = ["object_rgba.png", "plain_rgb.png", "soft_rgba.png"]
 
@@ -64,6 +64,8 @@ N_HEAD = 20  # first vertices / faces recorded in the JSON
 
 
 def versions() -> dict:
+    from importlib.metadata import version
+
     import cv2
     import diffusers
     import PIL
@@ -71,7 +73,6 @@ def versions() -> dict:
     import torchvision
     import transformers
     import trimesh
-    from importlib.metadata import version
 
     return {
         "python": platform.python_version(),
@@ -97,8 +98,12 @@ def sha256(path: str) -> str:
 def summary(t) -> dict:
     a = t.detach().double().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float64)
     return {
-        "shape": list(a.shape), "mean": float(a.mean()), "std": float(a.std()),
-        "min": float(a.min()), "max": float(a.max()), "abs_sum": float(np.abs(a).sum()),
+        "shape": list(a.shape),
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "abs_sum": float(np.abs(a).sum()),
     }
 
 
@@ -106,7 +111,10 @@ def grid_stats(g: torch.Tensor, level: float) -> dict:
     a = g.detach().double().cpu().numpy().ravel() - level
     absd = np.abs(a)
     return {
-        "shape": list(g.shape), "std": float(a.std()), "min": float(a.min() + level), "max": float(a.max() + level),
+        "shape": list(g.shape),
+        "std": float(a.std()),
+        "min": float(a.min() + level),
+        "max": float(a.max() + level),
         "frac_positive": float((a > 0).mean()),
         "min_abs_minus_level": float(absd.min()),
         "count_abs_lt_1e-4": int((absd < 1e-4).sum()),
@@ -120,8 +128,8 @@ def mesh_stats(m) -> dict | None:
         return None
     wt = bool(m.is_watertight)
     return {
-        "num_vertices": int(len(m.vertices)),
-        "num_faces": int(len(m.faces)),
+        "num_vertices": len(m.vertices),
+        "num_faces": len(m.faces),
         "area": float(m.area),
         "is_watertight": wt,
         "volume": float(m.volume) if wt else None,
@@ -138,8 +146,8 @@ def raw_stats(o) -> dict | None:
     if o is None:
         return None
     return {
-        "num_vertices": int(len(o.mesh_v)),
-        "num_faces": int(len(o.mesh_f)),
+        "num_vertices": len(o.mesh_v),
+        "num_faces": len(o.mesh_f),
         "vertices_dtype": str(o.mesh_v.dtype),
         "faces_dtype": str(o.mesh_f.dtype),
         "vertices_head": np.asarray(o.mesh_v[:N_HEAD], dtype=np.float64).tolist(),
@@ -166,8 +174,11 @@ def load_pipeline(folder: str):
 
     d = os.path.join(TINY_ROOT, folder)
     pipe = Hunyuan3DDiTFlowMatchingPipeline.from_single_file(
-        os.path.join(d, "model.fp16.safetensors"), os.path.join(d, "config.yaml"),
-        device="cpu", dtype=torch.float32, use_safetensors=True,
+        os.path.join(d, "model.fp16.safetensors"),
+        os.path.join(d, "config.yaml"),
+        device="cpu",
+        dtype=torch.float32,
+        use_safetensors=True,
     )
     return pipe
 
@@ -186,13 +197,17 @@ def open_image(name):
 
 @torch.no_grad()
 def run_case(pipe, case, arrays: dict) -> dict:
-    from hy3dgen.shapegen.pipelines import export_to_trimesh
     from diffusers.utils.torch_utils import randn_tensor
+    from hy3dgen.shapegen.pipelines import export_to_trimesh
 
     cid, folder, image_name, seed, res, extras = case
     out = {
-        "id": cid, "model_folder": folder, "image": image_name, "seed": seed,
-        "octree_resolution": res, **COMMON,
+        "id": cid,
+        "model_folder": folder,
+        "image": image_name,
+        "seed": seed,
+        "octree_resolution": res,
+        **COMMON,
         "generator": "list of one torch.Generator('cpu').manual_seed(seed) per sample",
         "volume_decoder": type(pipe.vae.volume_decoder).__name__,
         "surface_extractor": type(pipe.vae.surface_extractor).__name__,
@@ -203,13 +218,18 @@ def run_case(pipe, case, arrays: dict) -> dict:
     hooks, dit_calls, steps, dino_in = [], [], [], []
     cond_out = {}
     if "stages" in extras:
+
         def dit_hook(mod, args, kwargs, output):
             x, t, contexts = args[0], args[1], args[2]
-            dit_calls.append({
-                "x": x.detach().clone(), "t": t.detach().clone(),
-                "guidance": None if kwargs.get("guidance") is None else kwargs["guidance"].detach().clone(),
-                "cond_main": contexts["main"].detach().clone(), "out": output.detach().clone(),
-            })
+            dit_calls.append(
+                {
+                    "x": x.detach().clone(),
+                    "t": t.detach().clone(),
+                    "guidance": None if kwargs.get("guidance") is None else kwargs["guidance"].detach().clone(),
+                    "cond_main": contexts["main"].detach().clone(),
+                    "out": output.detach().clone(),
+                }
+            )
 
         def cond_hook(mod, args, kwargs, output):
             cond_out["image_in"] = kwargs.get("image", args[0] if args else None).detach().clone()
@@ -226,8 +246,14 @@ def run_case(pipe, case, arrays: dict) -> dict:
     def cb(step_idx, t, outputs):
         steps.append((int(step_idx), float(t), outputs.prev_sample.detach().clone()))
 
-    latents = pipe(image=open_image(image_name), generator=gens([seed]), output_type="latent",
-                   callback=cb if "stages" in extras else None, callback_steps=1, **call)
+    latents = pipe(
+        image=open_image(image_name),
+        generator=gens([seed]),
+        output_type="latent",
+        callback=cb if "stages" in extras else None,
+        callback_steps=1,
+        **call,
+    )
     for h in hooks:
         h.remove()
     assert isinstance(latents, torch.Tensor)
@@ -258,7 +284,9 @@ def run_case(pipe, case, arrays: dict) -> dict:
     # consistency: the default trimesh call gives the same mesh; the latent path matches
     tm = pipe(image=open_image(image_name), generator=gens([seed]), output_type="trimesh", **call)[0]
     out["trimesh_call_matches"] = bool(
-        m is not None and len(tm.vertices) == len(m.vertices) and len(tm.faces) == len(m.faces)
+        m is not None
+        and len(tm.vertices) == len(m.vertices)
+        and len(tm.faces) == len(m.faces)
         and np.array_equal(np.asarray(tm.faces), np.asarray(m.faces))
         and np.array_equal(np.asarray(tm.vertices), np.asarray(m.vertices))
     )
@@ -276,21 +304,28 @@ def run_case(pipe, case, arrays: dict) -> dict:
         st["cond_main_first_token_head"] = cond_out["main"][0, 0, :8].double().tolist()
         st["cond_main_last_token_head"] = cond_out["main"][0, -1, :8].double().tolist()
         # initial noise exactly as the pipeline draws it (diffusers randn_tensor, list of generators)
-        noise = randn_tensor((1, *pipe.vae.latent_shape), generator=gens([seed]), device=torch.device("cpu"),
-                             dtype=torch.float32)
+        noise = randn_tensor(
+            (1, *pipe.vae.latent_shape), generator=gens([seed]), device=torch.device("cpu"), dtype=torch.float32
+        )
         arrays[f"{cid}__initial_noise"] = noise.numpy()
         st["initial_noise"] = summary(noise)
         # per DiT call: timestep fed to the model, guidance, raw output (CFG: rows [cond; uncond])
         st["dit_calls"] = []
         for i, c in enumerate(dit_calls):
-            st["dit_calls"].append({
-                "t": c["t"].double().tolist(), "t_dtype": str(c["t"].dtype),
-                "x_shape": list(c["x"].shape), "cond_shape": list(c["cond_main"].shape),
-                "uncond_rows_all_zero": bool(c["cond_main"].shape[0] == 2 * latents.shape[0]
-                                             and torch.all(c["cond_main"][latents.shape[0]:] == 0)),
-                "guidance": None if c["guidance"] is None else c["guidance"].double().tolist(),
-                "out": summary(c["out"]),
-            })
+            st["dit_calls"].append(
+                {
+                    "t": c["t"].double().tolist(),
+                    "t_dtype": str(c["t"].dtype),
+                    "x_shape": list(c["x"].shape),
+                    "cond_shape": list(c["cond_main"].shape),
+                    "uncond_rows_all_zero": bool(
+                        c["cond_main"].shape[0] == 2 * latents.shape[0]
+                        and torch.all(c["cond_main"][latents.shape[0] :] == 0)
+                    ),
+                    "guidance": None if c["guidance"] is None else c["guidance"].double().tolist(),
+                    "out": summary(c["out"]),
+                }
+            )
             arrays[f"{cid}__dit_out_{i}"] = c["out"].float().numpy()
         arrays[f"{cid}__dit_x_0"] = dit_calls[0]["x"].float().numpy()
         st["steps"] = [{"step_idx": s, "t": t, "prev_sample": summary(x)} for s, t, x in steps]
@@ -316,27 +351,37 @@ def run_batch(pipe, folder: str, tag: str, singles: dict, arrays: dict) -> dict:
     cid = f"{tag}_batch3"
     arrays[f"{cid}__latents"] = lat.float().numpy()
     # the same samples one at a time (same seeds), to document official batch behaviour
-    seq = torch.cat([pipe(image=open_image(n), generator=gens([s]), output_type="latent", **call)
-                     for n, s in zip(IMAGES, BATCH_SEEDS)])
+    seq = torch.cat(
+        [
+            pipe(image=open_image(n), generator=gens([s]), output_type="latent", **call)
+            for n, s in zip(IMAGES, BATCH_SEEDS, strict=True)
+        ]
+    )
     raw = pipe(image=[open_image(n) for n in IMAGES], generator=gens(BATCH_SEEDS), output_type="mesh", **call)
     meshes = export_to_trimesh(raw)
     res = {
-        "id": cid, "model_folder": folder, "images": IMAGES, "seeds": BATCH_SEEDS,
-        "octree_resolution": BATCH_RESOLUTION, **COMMON,
+        "id": cid,
+        "model_folder": folder,
+        "images": IMAGES,
+        "seeds": BATCH_SEEDS,
+        "octree_resolution": BATCH_RESOLUTION,
+        **COMMON,
         "generator": "list of 3 torch.Generator('cpu').manual_seed(seed), one per sample, ONE call",
         "latents": {"dtype": str(lat.dtype), **summary(lat)},
         "batch_vs_sequential_max_abs_diff": float((lat - seq).abs().max()),
-        "batch_vs_sequential_max_rel_diff": float(((lat - seq).abs().max() / seq.abs().max())),
+        "batch_vs_sequential_max_rel_diff": float((lat - seq).abs().max() / seq.abs().max()),
         "meshes": [mesh_stats(m) for m in meshes],
     }
     # compare with the single-image cases that used the same image / seed
     same = {}
     for k, v in singles.items():
         if k.startswith(tag + "_"):
-            for i, (n, s) in enumerate(zip(IMAGES, BATCH_SEEDS)):
+            for i, (n, s) in enumerate(zip(IMAGES, BATCH_SEEDS, strict=True)):
                 if v["image"] == n and v["seed"] == s:
-                    same[k] = {"batch_index": i,
-                               "max_abs_diff": float(np.abs(arrays[f"{k}__latents"][0] - lat[i].numpy()).max())}
+                    same[k] = {
+                        "batch_index": i,
+                        "max_abs_diff": float(np.abs(arrays[f"{k}__latents"][0] - lat[i].numpy()).max()),
+                    }
     res["vs_single_cases"] = same
     return res
 
@@ -349,17 +394,26 @@ def main() -> int:
     arrays: dict = {}
     doc = {
         "description": "Reference outputs of the OFFICIAL hy3dgen 2.0.2 Hunyuan3DDiTFlowMatchingPipeline "
-                       "(fp32, CPU) for the tiny random checkpoints in configs/models/tiny-Hunyuan3D-2. "
-                       "Generated by tests/parity/make_references.py; arrays in references.npz under "
-                       "'<case id>__<name>'.",
+        "(fp32, CPU) for the tiny random checkpoints in configs/models/tiny-Hunyuan3D-2. "
+        "Generated by tests/parity/make_references.py; arrays in references.npz under "
+        "'<case id>__<name>'.",
         "versions": versions(),
         "load": "Hunyuan3DDiTFlowMatchingPipeline.from_single_file(<folder>/model.fp16.safetensors, "
-                "<folder>/config.yaml, device='cpu', dtype=torch.float32, use_safetensors=True)",
-        "images": {n: {"sha256": sha256(os.path.join(IMAGES_DIR, n)),
-                       "path": os.path.relpath(os.path.join(IMAGES_DIR, n), REPO_ROOT)} for n in IMAGES},
-        "checkpoints": {f: {"sha256": sha256(os.path.join(TINY_ROOT, f, "model.fp16.safetensors")),
-                            "config_sha256": sha256(os.path.join(TINY_ROOT, f, "config.yaml"))}
-                        for f in MODEL_FOLDERS},
+        "<folder>/config.yaml, device='cpu', dtype=torch.float32, use_safetensors=True)",
+        "images": {
+            n: {
+                "sha256": sha256(os.path.join(IMAGES_DIR, n)),
+                "path": os.path.relpath(os.path.join(IMAGES_DIR, n), REPO_ROOT),
+            }
+            for n in IMAGES
+        },
+        "checkpoints": {
+            f: {
+                "sha256": sha256(os.path.join(TINY_ROOT, f, "model.fp16.safetensors")),
+                "config_sha256": sha256(os.path.join(TINY_ROOT, f, "config.yaml")),
+            }
+            for f in MODEL_FOLDERS
+        },
         "cases": {},
         "batched": {},
         "preprocess": {},
@@ -379,7 +433,9 @@ def main() -> int:
         assert np.allclose(u8.astype(np.float32) / 255 * 2 - 1, img[0].permute(1, 2, 0).numpy(), atol=1e-6)
         key = n.replace(".png", "")
         arrays[f"preprocess_{key}__image_u8_hwc"] = u8
-        arrays[f"preprocess_{key}__mask_u8_hw"] = torch.round((t_pil["mask"][0, 0] + 1) / 2 * 255).to(torch.uint8).numpy()
+        arrays[f"preprocess_{key}__mask_u8_hw"] = (
+            torch.round((t_pil["mask"][0, 0] + 1) / 2 * 255).to(torch.uint8).numpy()
+        )
         doc["preprocess"][n] = {
             "image": summary(img),
             "mask": summary(t_pil["mask"]),
@@ -392,10 +448,13 @@ def main() -> int:
         print(f"case {cid} ...", flush=True)
         doc["cases"][cid] = run_case(pipes[folder], case, arrays)
         m = doc["cases"][cid]["mesh"]
-        print(f"  faces={m and m['num_faces']} verts={m and m['num_vertices']} "
-              f"min|grid|={doc['cases'][cid]['grid']['min_abs_minus_level']:.3g}", flush=True)
+        print(
+            f"  faces={m and m['num_faces']} verts={m and m['num_vertices']} "
+            f"min|grid|={doc['cases'][cid]['grid']['min_abs_minus_level']:.3g}",
+            flush=True,
+        )
 
-    for folder, tag in zip(MODEL_FOLDERS, ("v2-0", "fast")):
+    for folder, tag in zip(MODEL_FOLDERS, ("v2-0", "fast"), strict=True):
         print(f"batch {tag} ...", flush=True)
         doc["batched"][tag] = run_batch(pipes[folder], folder, tag, doc["cases"], arrays)
         print(f"  batch vs sequential max abs diff {doc['batched'][tag]['batch_vs_sequential_max_abs_diff']:.3g}")

@@ -18,6 +18,7 @@ Images:
                    polygon plus a half-transparent disc.  Exercises the
                    white-compositing with fractional alpha.
 """
+
 from __future__ import annotations
 
 import os

@@ -33,6 +33,7 @@ Each folder is then verified by loading it back with the official
 (strict ``load_state_dict``) and by a short official run whose mesh must have
 thousands of faces at octree_resolution 64.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _refenv import MODEL_FOLDERS, TINY_ROOT, IMAGES_DIR, import_shapegen  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import torch
+import yaml
+from _refenv import IMAGES_DIR, MODEL_FOLDERS, TINY_ROOT, import_shapegen
 
 SEED = 20240601
 
@@ -229,8 +228,8 @@ def tune_vae(vae, seed: int) -> dict:
     col_scale = torch.ones(W.shape[1])
     for d in range(3):
         for f in range(nf):
-            col_scale[3 + d * nf + f] = DECAY ** f
-            col_scale[3 + 3 * nf + d * nf + f] = DECAY ** f
+            col_scale[3 + d * nf + f] = DECAY**f
+            col_scale[3 + 3 * nf + d * nf + f] = DECAY**f
     W.mul_(col_scale[None, :])
 
     u = torch.randn(width, generator=g)
@@ -248,9 +247,13 @@ def tune_vae(vae, seed: int) -> dict:
     attn.attention.k_norm.weight.mul_(ATTN_KEY_GAIN)
     attn.c_proj.weight.mul_(ATTN_OUT_GAIN)
     return {
-        "decay": DECAY, "blob_gain": BLOB_GAIN, "blob_s0": BLOB_S0,
-        "logit_gain": LOGIT_GAIN, "out_noise": OUT_NOISE,
-        "attn_key_gain": ATTN_KEY_GAIN, "attn_out_gain": ATTN_OUT_GAIN,
+        "decay": DECAY,
+        "blob_gain": BLOB_GAIN,
+        "blob_s0": BLOB_S0,
+        "logit_gain": LOGIT_GAIN,
+        "out_noise": OUT_NOISE,
+        "attn_key_gain": ATTN_KEY_GAIN,
+        "attn_out_gain": ATTN_OUT_GAIN,
     }
 
 
@@ -278,8 +281,7 @@ class _BlockDumper(yaml.SafeDumper):
     """Block-style mappings, flow-style lists (``axes_dim: [16]``), like the released files."""
 
 
-_BlockDumper.add_representer(
-    list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+_BlockDumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
 
 
 def write_folder(folder: str, cfg: dict, tensors: dict, seed: int) -> tuple[str, str]:
@@ -293,8 +295,7 @@ def write_folder(folder: str, cfg: dict, tensors: dict, seed: int) -> tuple[str,
         for i, section in enumerate(("model", "vae", "conditioner", "scheduler", "image_processor", "pipeline")):
             if i:
                 f.write("\n")
-            yaml.dump({section: cfg[section]}, f, Dumper=_BlockDumper, sort_keys=False,
-                      default_flow_style=False)
+            yaml.dump({section: cfg[section]}, f, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False)
     ckpt_path = os.path.join(d, "model.fp16.safetensors")
     safetensors.torch.save_file(tensors, ckpt_path, metadata={"format": "pt"})
     return cfg_path, ckpt_path
@@ -319,26 +320,34 @@ def check_surface(pipe, image_path: str, seed: int, resolution: int = 64) -> dic
     from PIL import Image
 
     latents = pipe(
-        image=Image.open(image_path), num_inference_steps=5, guidance_scale=5.0,
-        generator=[torch.Generator("cpu").manual_seed(seed)], output_type="latent",
+        image=Image.open(image_path),
+        num_inference_steps=5,
+        guidance_scale=5.0,
+        generator=[torch.Generator("cpu").manual_seed(seed)],
+        output_type="latent",
         enable_pbar=False,
     )
     z = pipe.vae(1.0 / pipe.vae.scale_factor * latents)
-    grid = pipe.vae.volume_decoder(z, pipe.vae.geo_decoder, bounds=1.01, num_chunks=8000,
-                                   octree_resolution=resolution, enable_pbar=False)[0]
+    grid = pipe.vae.volume_decoder(
+        z, pipe.vae.geo_decoder, bounds=1.01, num_chunks=8000, octree_resolution=resolution, enable_pbar=False
+    )[0]
     meshes = pipe._export(latents, "trimesh", 1.01, 0.0, 8000, resolution, None, enable_pbar=False)
     m = meshes[0]
     g = grid.flatten()
     return {
-        "image": os.path.basename(image_path), "seed": seed, "resolution": resolution,
+        "image": os.path.basename(image_path),
+        "seed": seed,
+        "resolution": resolution,
         "latent_std": float(latents.std()),
-        "logit_std": float(g.std()), "logit_min": float(g.min()), "logit_max": float(g.max()),
+        "logit_std": float(g.std()),
+        "logit_min": float(g.min()),
+        "logit_max": float(g.max()),
         "frac_pos": float((g > 0).float().mean()),
         "min_abs_logit": float(g.abs().min()),
-        "faces": None if m is None else int(len(m.faces)),
-        "vertices": None if m is None else int(len(m.vertices)),
+        "faces": None if m is None else len(m.faces),
+        "vertices": None if m is None else len(m.vertices),
         "watertight": None if m is None else bool(m.is_watertight),
-        "components": None if m is None else int(len(m.split(only_watertight=False))),
+        "components": None if m is None else len(m.split(only_watertight=False)),
     }
 
 
@@ -379,8 +388,12 @@ def main() -> int:
         assert any(k.endswith("mlp.weights_in.weight") for k in loaded)
         n_params = {p: int(sum(v.numel() for k, v in loaded.items() if k.startswith(p + "."))) for p in prefixes}
         info = {
-            "seed": seed, "config": cfg_path, "checkpoint": ckpt_path,
-            "bytes": os.path.getsize(ckpt_path), "num_tensors": len(loaded), "params": n_params,
+            "seed": seed,
+            "config": cfg_path,
+            "checkpoint": ckpt_path,
+            "bytes": os.path.getsize(ckpt_path),
+            "num_tensors": len(loaded),
+            "params": n_params,
             "tuning": tuning,
         }
         if not args.no_check:

@@ -68,8 +68,11 @@ async def test_api_failed_generation_reports_code_and_retryable(api):
 async def test_api_agents_only_see_their_own_jobs(api):
     job_id = (await api.client.post("/api/agent/jobs", json=JOB)).json()["job_id"]
     other = await api.client_for("other-agent")
-    for method, path in (("GET", f"/api/agent/jobs/{job_id}"), ("DELETE", f"/api/agent/jobs/{job_id}"),
-                         ("GET", f"/api/agent/jobs/{job_id}/result")):
+    for method, path in (
+        ("GET", f"/api/agent/jobs/{job_id}"),
+        ("DELETE", f"/api/agent/jobs/{job_id}"),
+        ("GET", f"/api/agent/jobs/{job_id}/result"),
+    ):
         response = await other.request(method, path)
         assert response.status_code == 404 and response.json()["code"] == "job_not_found"
     assert (await other.get("/api/agent/jobs")).json()["jobs"] == []
@@ -146,9 +149,9 @@ async def test_api_capabilities_and_public_health(api):
 
 async def test_api_multipart_with_idempotency_key_replays_identical_bytes(paused_api):
     body = (
-        b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+        b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
         b"Content-Type: image/png\r\n\r\n" + png_bytes() + b"\r\n--XyZ\r\n"
-        b"Content-Disposition: form-data; name=\"seed\"\r\n\r\n5\r\n--XyZ--\r\n"
+        b'Content-Disposition: form-data; name="seed"\r\n\r\n5\r\n--XyZ--\r\n'
     )
     headers = {"Content-Type": "multipart/form-data; boundary=XyZ", "Idempotency-Key": "upload-1"}
     first = await paused_api.client.post("/api/agent/jobs", content=body, headers=headers)

@@ -56,8 +56,11 @@ async def test_api_rejects_other_content_types(paused_api):
 async def test_api_rejects_unaccepted_image_formats(paused_api):
     buf = io.BytesIO()
     Image.new("RGB", (32, 32)).save(buf, format="GIF")
-    _error(await paused_api.client.post("/api/agent/jobs", json={"image": b64(buf.getvalue())}), 415,
-           "unsupported_image_format")
+    _error(
+        await paused_api.client.post("/api/agent/jobs", json={"image": b64(buf.getvalue())}),
+        415,
+        "unsupported_image_format",
+    )
 
 
 async def test_api_rejects_oversized_bodies_with_413(paused_api):
@@ -86,5 +89,6 @@ async def test_api_bad_query_values(paused_api):
     _error(await paused_api.client.get("/api/agent/jobs", params={"cursor": "garbage"}), 422, "invalid_cursor")
     job_id = (await paused_api.client.post("/api/agent/jobs", json={"image": b64(png_bytes())})).json()["job_id"]
     _error(await paused_api.client.get(f"/api/agent/jobs/{job_id}", params={"wait": "999"}), 422, "invalid_wait")
-    _error(await paused_api.client.get(f"/api/agent/jobs/{job_id}/result", params={"format": "fbx"}), 422,
-           "invalid_format")
+    _error(
+        await paused_api.client.get(f"/api/agent/jobs/{job_id}/result", params={"format": "fbx"}), 422, "invalid_format"
+    )

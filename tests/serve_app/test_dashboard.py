@@ -17,6 +17,9 @@ def test_dashboard_queries_name_exported_metrics():
     referenced = set()
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
-            referenced |= {re.sub(r"_(bucket|sum|count|total)$", "", m) for m in re.findall(r"ray_(orfeas_[a-z_]+)", target["expr"])}
+            referenced |= {
+                re.sub(r"_(bucket|sum|count|total)$", "", m)
+                for m in re.findall(r"ray_(orfeas_[a-z_]+)", target["expr"])
+            }
     assert referenced and referenced <= exported, referenced - exported
     assert exported <= referenced, f"exported but not charted: {exported - referenced}"

@@ -62,6 +62,7 @@ def test_decode_rejects_too_many_bytes_before_decoding():
 
 def _bomb_png(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims a huge image (a decompression bomb)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
