@@ -1,6 +1,6 @@
 """API errors: one exception type for handlers, rendered as the shared JSON error body.
 
-Handlers raise :class:`ApiError` (or let a ``ValueError`` from validation escape as a 422) and never build
+Handlers raise :class:`ApiError` (validation turns every ``ValueError`` into one, with a 4xx status) and never build
 error responses by hand; the exception handlers installed by :func:`exception_handlers` answer with
 ``{"type", "code", "message", "retryable", "request_id"}`` and the ``X-Request-ID`` header.
 """

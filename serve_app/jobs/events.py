@@ -1,4 +1,4 @@
-"""In-process job events, for an SSE endpoint (or webhook sender) in the same process as the dispatcher.
+"""In-process job events of one dispatcher (a JobWorker replica's metrics follow them).
 
 Only changes made by this process are published. A follower must still read the job from the store once
 (to catch up) and may poll it as a fallback, since another replica's dispatcher may be running the job.

@@ -62,7 +62,9 @@ def deploy(ray_session: str, data_dir: Path, **app_overrides) -> LiveApp:
     )
     generator = GeneratorConfig(device="cpu", warmup_params={"num_inference_steps": 2, "octree_resolution": 32})
     no_cpu = {"ray_actor_options": {"num_cpus": 0}}  # 2-core machines: never wait for a free CPU
-    model = ShapeGenerator.options(**no_cpu).bind(generator)
+    # a batch window far wider than the spread of jobs a worker dispatches together, so they share a pass
+    # however busy the machine is
+    model = ShapeGenerator.options(**no_cpu, user_config={"batch_wait_timeout_s": 0.5}).bind(generator)
     app = AgentIngress.options(**no_cpu).bind(JobWorker.options(**no_cpu).bind(model, config), config)
     serve.run(app, name=APP_NAME, route_prefix="/")
     key = json.loads(config.dev_key_file.read_text())
