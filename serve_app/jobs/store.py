@@ -300,17 +300,7 @@ class JobStore:
             await self._execute(
                 update(JOBS)
                 .where(JOBS.c.id == job_id, *self._owned(worker_id))
-                .values(
-                    status="failed",
-                    stage="failed",
-                    finished_at=self._clock(),
-                    error_code=code.value,
-                    error_message=message,
-                    retryable=code.retryable,
-                    timings=timings,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
+                .values({**_failed_values(code, message, self._clock()), "timings": timings})
             )
             == 1
         )
@@ -334,16 +324,7 @@ class JobStore:
             failed = await conn.execute(
                 update(JOBS)
                 .where(*owned)
-                .values(
-                    status="failed",
-                    stage="failed",
-                    finished_at=self._clock(),
-                    error_code=code.value,
-                    error_message=f"{message} (on all {max_attempts} attempts)",
-                    retryable=code.retryable,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
+                .values(_failed_values(code, f"{message} (on all {max_attempts} attempts)", self._clock()))
             )
             return "failed" if failed.rowcount == 1 else None
 
@@ -390,14 +371,11 @@ class JobStore:
             update(JOBS)
             .where(*lost, JOBS.c.attempts >= max_attempts)
             .values(
-                status="failed",
-                stage="failed",
-                finished_at=now,
-                error_code=ErrorCode.WORKER_LOST.value,
-                error_message=f"the worker running this job stopped responding {max_attempts} times; giving up",
-                retryable=ErrorCode.WORKER_LOST.retryable,
-                lease_owner=None,
-                lease_expires_at=None,
+                _failed_values(
+                    ErrorCode.WORKER_LOST,
+                    f"the worker running this job stopped responding {max_attempts} times; giving up",
+                    now,
+                )
             )
             .returning(JOBS.c.id)
         )
@@ -429,6 +407,20 @@ class JobStore:
     async def _execute(self, stmt: Any) -> int:
         async with self._engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount
+
+
+def _failed_values(code: ErrorCode, message: str, now: datetime) -> dict[str, Any]:
+    """A held job's columns once it failed with ``code`` (retryable as the code says), lease released."""
+    return {
+        "status": "failed",
+        "stage": "failed",
+        "finished_at": now,
+        "error_code": code.value,
+        "error_message": message,
+        "retryable": code.retryable,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
 
 
 def _requeued_values(*, attempts: Any) -> dict[str, Any]:
