@@ -38,8 +38,12 @@ class AgentIngress:
         return self._app
 
     def _wake_worker(self) -> None:
-        # The router sends the call as soon as .remote() returns; nobody awaits the answer.
-        self._worker.notify.remote()
+        # The router sends the call as soon as .remote() returns; nobody awaits the answer. The job is
+        # stored already: if no worker can be reached now, one finds it at its next poll.
+        try:
+            self._worker.notify.remote()
+        except Exception:
+            logger.warning("could not wake a job worker; it will find the job at its next poll", exc_info=True)
 
     async def check_health(self) -> None:
         if not await self._service.ready():
