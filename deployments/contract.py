@@ -43,6 +43,14 @@ MAX_SEED = 2**63 - 1
 # them back exactly; agents may still send any seed up to MAX_SEED.
 MAX_DRAWN_SEED = 2**53 - 1
 
+RemoveBackground = Literal["auto", "always", "never"]
+REMOVE_BACKGROUND_MODES: tuple[RemoveBackground, ...] = get_args(RemoveBackground)
+"""``auto``: remove the background only when the image has no meaningful alpha channel."""
+
+# What the official Hunyuan3D API server reduces every mesh to.
+DEFAULT_MAX_FACES = 40_000
+MAX_FACES_LIMIT = 2_000_000
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
 JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 TERMINAL_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled", "expired"})
@@ -60,6 +68,7 @@ class ErrorCode(str, Enum):
     """
 
     INVALID_IMAGE = "invalid_image"
+    NO_FOREGROUND = "no_foreground"
     INVALID_REQUEST = "invalid_request"
     EMPTY_SURFACE = "empty_surface"
     OUT_OF_MEMORY = "out_of_memory"
@@ -80,6 +89,7 @@ class ErrorCode(str, Enum):
 # code -> (retryable, meaning); tests check that every code has an entry
 _ERROR_DETAILS: dict[ErrorCode, tuple[bool, str]] = {
     ErrorCode.INVALID_IMAGE: (False, "the model could not decode the image, or nothing is visible in it"),
+    ErrorCode.NO_FOREGROUND: (False, "nothing, or almost nothing, of the image is left after background removal"),
     ErrorCode.INVALID_REQUEST: (False, "the parameters are not valid for this model"),
     ErrorCode.EMPTY_SURFACE: (False, "the model found no surface in this image; try another image or seed"),
     ErrorCode.OUT_OF_MEMORY: (True, "the GPU ran out of memory even for this job alone"),
@@ -116,6 +126,28 @@ class GenerationError(Exception):
 
 
 @dataclass(frozen=True)
+class MeshOptions:
+    """The clean-up of one job's mesh in the replica's CPU section (not part of the batch key).
+
+    ``max_faces``: quadric decimation down to at most this many faces (0: no reduction).
+    ``remove_floaters``: drop connected pieces that are small next to the largest one.
+    """
+
+    max_faces: int = DEFAULT_MAX_FACES
+    remove_floaters: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_faces, bool) or not isinstance(self.max_faces, int):
+            raise ValueError(f"max_faces must be an integer, got {self.max_faces!r}")
+        if self.max_faces != 0 and not 1_000 <= self.max_faces <= MAX_FACES_LIMIT:
+            raise ValueError(
+                f"max_faces must be 0 (no reduction) or between 1000 and {MAX_FACES_LIMIT}, got {self.max_faces}"
+            )
+        if not isinstance(self.remove_floaters, bool):
+            raise ValueError(f"remove_floaters must be true or false, got {self.remove_floaters!r}")
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One job for the model: an image, its seed, its parameters and how urgent it is.
 
@@ -123,6 +155,7 @@ class GenerationRequest:
     ``params``: a :class:`GenerationParams`, or a dict of its fields (validated here, raising ``ValueError``
     in the caller's process, so a bad parameter never reaches the GPU queue).
     ``job_id``: echoed in the result or error so both sides can log against it.
+    ``remove_background`` and ``mesh`` act on this request alone, before and after the batched pass.
     """
 
     image: bytes
@@ -130,6 +163,8 @@ class GenerationRequest:
     params: GenerationParams = field(default_factory=GenerationParams)
     priority: Priority = "normal"
     job_id: str | None = None
+    remove_background: RemoveBackground = "auto"
+    mesh: MeshOptions = field(default_factory=MeshOptions)
 
     def __post_init__(self) -> None:
         if isinstance(self.image, (bytearray, memoryview)):
@@ -145,6 +180,12 @@ class GenerationRequest:
             raise TypeError(f"params must be GenerationParams or a dict, got {type(self.params).__name__}")
         if self.priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {list(PRIORITIES)}, got {self.priority!r}")
+        if self.remove_background not in REMOVE_BACKGROUND_MODES:
+            raise ValueError(
+                f"remove_background must be one of {list(REMOVE_BACKGROUND_MODES)}, got {self.remove_background!r}"
+            )
+        if not isinstance(self.mesh, MeshOptions):
+            raise TypeError(f"mesh must be MeshOptions, got {type(self.mesh).__name__}")
 
 
 @dataclass(frozen=True)
