@@ -12,6 +12,7 @@ decoded pixels, tensors or trimesh objects.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, get_args
@@ -49,6 +50,8 @@ REMOVE_BACKGROUND_MODES: tuple[RemoveBackground, ...] = get_args(RemoveBackgroun
 
 # What the official Hunyuan3D API server reduces every mesh to.
 DEFAULT_MAX_FACES = 40_000
+# A budget below this would leave too little of any object; 0 means no reduction at all.
+MIN_FACE_BUDGET = 1_000
 MAX_FACES_LIMIT = 2_000_000
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
@@ -139,9 +142,10 @@ class MeshOptions:
     def __post_init__(self) -> None:
         if isinstance(self.max_faces, bool) or not isinstance(self.max_faces, int):
             raise ValueError(f"max_faces must be an integer, got {self.max_faces!r}")
-        if self.max_faces != 0 and not 1_000 <= self.max_faces <= MAX_FACES_LIMIT:
+        if self.max_faces != 0 and not MIN_FACE_BUDGET <= self.max_faces <= MAX_FACES_LIMIT:
             raise ValueError(
-                f"max_faces must be 0 (no reduction) or between 1000 and {MAX_FACES_LIMIT}, got {self.max_faces}"
+                f"max_faces must be 0 (no reduction) or between {MIN_FACE_BUDGET} and {MAX_FACES_LIMIT}, "
+                f"got {self.max_faces}"
             )
         if not isinstance(self.remove_floaters, bool):
             raise ValueError(f"remove_floaters must be true or false, got {self.remove_floaters!r}")
@@ -187,6 +191,20 @@ class GenerationRequest:
         if not isinstance(self.mesh, MeshOptions):
             raise TypeError(f"mesh must be MeshOptions, got {type(self.mesh).__name__}")
 
+    @classmethod
+    def from_job_params(
+        cls,
+        image: bytes,
+        seed: int,
+        params: Mapping[str, Any],
+        priority: Priority = "normal",
+        job_id: str | None = None,
+    ) -> GenerationRequest:
+        """A request from a job's flat ``params`` (as the API stores them): the :class:`GenerationParams` fields
+        plus ``max_faces``, ``remove_floaters`` and ``remove_background``; missing ones take their defaults."""
+        generation, mesh, remove_background = split_job_params(params)
+        return cls(image, seed, generation, priority, job_id, remove_background, mesh)
+
 
 @dataclass(frozen=True)
 class MeshStats:
@@ -215,7 +233,8 @@ class GenerationResult:
     ``glb``: the mesh as binary glTF, in the official Hunyuan3D frame (what the store keeps).
     ``timings``: wall-clock seconds per stage of the pass this item rode in (the whole pass, all
     ``batch_size`` items, not a per-item share), export included. ``queue_wait_s``: from arrival at the
-    replica to the start of its GPU pass.
+    replica to the start of its GPU pass. ``cleanup``: what this mesh's clean-up did (faces before and
+    after, pieces dropped, seconds per step).
     """
 
     glb: bytes
@@ -225,9 +244,27 @@ class GenerationResult:
     queue_wait_s: float
     seed: int
     job_id: str | None = None
+    cleanup: dict[str, Any] = field(default_factory=dict)
 
 
 Outcome = GenerationResult | GenerationError
+
+
+def split_job_params(
+    params: Mapping[str, Any],
+) -> tuple[GenerationParams, MeshOptions, RemoveBackground]:
+    """A job's flat params -> what shapes the batched pass, the mesh clean-up, and the background mode.
+
+    Missing names take their defaults; a bad value or an unknown name raises ``ValueError`` naming it.
+    """
+    rest = dict(params)
+    mesh = MeshOptions(
+        max_faces=rest.pop("max_faces", DEFAULT_MAX_FACES), remove_floaters=rest.pop("remove_floaters", True)
+    )
+    remove_background = rest.pop("remove_background", "auto")
+    if remove_background not in REMOVE_BACKGROUND_MODES:
+        raise ValueError(f"remove_background must be one of {list(REMOVE_BACKGROUND_MODES)}, got {remove_background!r}")
+    return GenerationParams.from_dict(rest), mesh, remove_background
 
 
 def check_seed(seed: object) -> int:

@@ -1,12 +1,13 @@
 """The replica's work, without Ray: one model copy, one GPU pass at a time, CPU work overlapping it.
 
 A batch goes through three steps:
-  1. prepare (worker thread): decode each image and run the pipeline's preprocessing on it alone, so a
-     bad image fails only its request; the pixels it makes are the ones the GPU pass uses (once per job);
+  1. prepare (worker thread): decode each image, remove its background where its job asks (one remover
+     call for the batch), and run the pipeline's preprocessing on it alone, so a bad image fails only its
+     request; the pixels it makes are the ones the GPU pass uses (once per job);
   2. GPU pass (worker thread, under the GPU lock): one ``generate_volumes`` call per batch key, halved on
      out-of-memory (``run_bisecting``);
-  3. CPU pass (worker thread, GPU lock released): marching cubes and GLB export with mesh statistics,
-     while the next batch's GPU pass runs.
+  3. CPU pass (worker thread, GPU lock released): marching cubes, each job's mesh clean-up (floaters,
+     degenerate faces, face budget) and GLB export with mesh statistics, while the next batch's GPU pass runs.
 Critical requests take the same steps alone and jump the queue for the GPU lock. The ``ShapeGenerator``
 deployment only adds Serve's batching, config and stats on top.
 """
@@ -19,12 +20,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import trimesh
+from PIL import Image
 from torch import Tensor
 
+from .background import BackgroundRemover, cut_out
 from .batching import Bisection, batch_key, group_positions, run_bisecting
 from .contract import (
     CANONICAL_FORMAT,
@@ -37,6 +40,7 @@ from .contract import (
 )
 from .hunyuan3d import STAGES, EmptySurfaceError, GenerationParams, ShapePipeline, StageTimings
 from .image_input import decode_image
+from .mesh_cleanup import clean_mesh
 from .mesh_io import export_mesh, mesh_stats
 from .metrics import GeneratorMetrics
 from .scheduling import CRITICAL, NORMAL, PriorityLock, Slots
@@ -45,8 +49,8 @@ from .vram import free_cached_memory
 logger = logging.getLogger(__name__)
 
 PassPath = Literal["batch", "critical"]
-# The stages a pass times: the pipeline's, then the GLB export of the CPU section.
-PASS_STAGES = (*STAGES, "export")
+# The stages a pass times: background removal, the pipeline's, then the CPU section's clean-up and export.
+PASS_STAGES = ("background_removal", *STAGES, "mesh_cleanup", "export")
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,14 @@ class GenerationEngine:
         metrics: GeneratorMetrics,
         max_concurrent_batches: int = 2,
         history: int = 1000,
+        remover: BackgroundRemover | None = None,
+        min_foreground_fraction: float = 0.002,
     ) -> None:
         self.pipeline = pipeline
         self.metrics = metrics
+        # None: no background removal at all, whatever a request asks (tests of the scheduling alone)
+        self.remover = remover
+        self.min_foreground_fraction = min_foreground_fraction
         self.gpu = PriorityLock()  # one GPU pass at a time; critical waiters first
         self.batch_slots = Slots(max_concurrent_batches)  # batch passes in flight, GPU and CPU sections
         self.passes: deque[PassRecord] = deque(maxlen=history)
@@ -117,7 +126,7 @@ class GenerationEngine:
         """
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Outcome]] = [loop.create_future() for _ in queued]
-        prepared, prepare_s = await asyncio.to_thread(self._prepare, queued)
+        prepared, prepare_timings = await asyncio.to_thread(self._prepare, queued)
         ready = []
         for position, item in enumerate(prepared):
             if isinstance(item, GenerationError):
@@ -128,7 +137,7 @@ class GenerationEngine:
         for group in group_positions([batch_key(queued[p].request) for p in ready]):
             positions = [ready[i] for i in group]
             pixels = [prepared[p] for p in positions]  # all preprocessed: errors were set aside above
-            job = self._new_pass("batch", [queued[p] for p in positions], pixels, prepare_s)  # type: ignore[arg-type]
+            job = self._new_pass("batch", [queued[p] for p in positions], pixels, prepare_timings)  # type: ignore[arg-type]
             await self.batch_slots.acquire()
             try:
                 await self._gpu_phase(job)
@@ -146,11 +155,11 @@ class GenerationEngine:
 
     async def run_critical(self, queued: Queued) -> Outcome:
         """One request alone, ahead of every batch waiting for the GPU; no batch window, no batch slot."""
-        [prepared], prepare_s = await asyncio.to_thread(self._prepare, [queued])
+        [prepared], prepare_timings = await asyncio.to_thread(self._prepare, [queued])
         if isinstance(prepared, GenerationError):
             self.metrics.record_outcome(prepared.code.value)
             return prepared
-        job = self._new_pass("critical", [queued], [prepared], prepare_s)
+        job = self._new_pass("critical", [queued], [prepared], prepare_timings)
         await self._gpu_phase(job)
         [outcome] = await self._cpu_phase(job)
         return outcome
@@ -160,27 +169,44 @@ class GenerationEngine:
 
     # --- steps --------------------------------------------------------------------------------------------
 
-    def _prepare(self, queued: Sequence[Queued]) -> tuple[list[Tensor | GenerationError], float]:
-        """Decode and preprocess each image alone (worker thread); also the seconds it took.
+    def _prepare(self, queued: Sequence[Queued]) -> tuple[list[Tensor | GenerationError], dict[str, float]]:
+        """Decode, cut out and preprocess each image alone (worker thread); also the seconds per step.
 
         Alone, so one unusable image fails only its own request; the pixels are the GPU pass's input.
         """
-        started = time.perf_counter()
-        prepared: list[Tensor | GenerationError] = []
-        for item in queued:
-            job_id = item.request.job_id
+        timings = StageTimings()
+        prepared: list[Tensor | Image.Image | GenerationError] = []
+        for waiting in queued:
             try:
-                prepared.append(self.pipeline.image_processor(decode_image(item.request.image, job_id)))
+                prepared.append(decode_image(waiting.request.image, waiting.request.job_id))
             except GenerationError as exc:
                 prepared.append(exc)
-            except ValueError as exc:  # EmptyImageError: nothing visible to reconstruct
-                prepared.append(GenerationError(ErrorCode.INVALID_IMAGE, str(exc), job_id))
-        return prepared, time.perf_counter() - started
+        decoded = [i for i, item in enumerate(prepared) if isinstance(item, Image.Image)]
+        if self.remover is not None and decoded:
+            with timings.stage("background_removal"):
+                cut = cut_out(
+                    [prepared[i] for i in decoded],  # type: ignore[misc]
+                    [queued[i].request.remove_background for i in decoded],
+                    self.remover,
+                    self.min_foreground_fraction,
+                )
+            for i, outcome in zip(decoded, cut, strict=True):
+                prepared[i] = outcome if isinstance(outcome, Image.Image) else _with_job_id(outcome, queued[i])
+        with timings.stage("preprocess"):
+            for i, item in enumerate(prepared):
+                if isinstance(item, Image.Image):
+                    try:
+                        prepared[i] = self.pipeline.image_processor(item)
+                    except ValueError as exc:  # EmptyImageError: nothing visible to reconstruct
+                        prepared[i] = GenerationError(ErrorCode.INVALID_IMAGE, str(exc), queued[i].request.job_id)
+        return prepared, timings.seconds  # type: ignore[return-value]
 
-    def _new_pass(self, path: PassPath, items: list[Queued], pixels: list[Tensor], prepare_s: float) -> _Pass:
+    def _new_pass(
+        self, path: PassPath, items: list[Queued], pixels: list[Tensor], prepare_timings: dict[str, float]
+    ) -> _Pass:
         record = PassRecord(path, len(items), [q.request.job_id for q in items], waiting_since=time.monotonic())
         job = _Pass(record, items, pixels, items[0].request.params)
-        job.timings.seconds["preprocess"] = prepare_s
+        job.timings.seconds.update(prepare_timings)
         return job
 
     async def _gpu_phase(self, job: _Pass) -> None:
@@ -262,17 +288,24 @@ class GenerationEngine:
                 meshes[index] = (mesh, len(positions))
         job.bisection = None  # drop the grids and pixels now: (R+1)^3 floats per item
         job.pixels = []
-        exported: dict[int, tuple[bytes, MeshStats]] = {}
-        with job.timings.stage(PASS_STAGES[-1]):
+        cleaned: dict[int, tuple[trimesh.Trimesh, dict[str, Any]]] = {}
+        with job.timings.stage("mesh_cleanup"):
             for index, (mesh, _) in meshes.items():
                 request = job.items[index].request
-                if isinstance(mesh, EmptySurfaceError) or (not isinstance(mesh, Exception) and not len(mesh.faces)):
-                    message = str(mesh) if isinstance(mesh, Exception) else "the decoded volume has no surface"
-                    outcomes[index] = GenerationError(ErrorCode.EMPTY_SURFACE, message, request.job_id)
+                if isinstance(mesh, EmptySurfaceError):
+                    outcomes[index] = GenerationError(ErrorCode.EMPTY_SURFACE, str(mesh), request.job_id)
                 elif isinstance(mesh, Exception):
-                    outcomes[index] = GenerationError(
-                        ErrorCode.INTERNAL_ERROR, f"surface extraction: {mesh}", request.job_id
-                    )
+                    message = f"surface extraction: {mesh}"
+                    outcomes[index] = GenerationError(ErrorCode.INTERNAL_ERROR, message, request.job_id)
+                else:
+                    mesh, report = clean_mesh(mesh, request.mesh)
+                    cleaned[index] = (mesh, report.to_dict())
+        exported: dict[int, tuple[bytes, MeshStats]] = {}
+        with job.timings.stage(PASS_STAGES[-1]):
+            for index, (mesh, _) in cleaned.items():
+                if not len(mesh.faces):
+                    message = "the decoded volume has no surface left to export"
+                    outcomes[index] = GenerationError(ErrorCode.EMPTY_SURFACE, message, job.items[index].request.job_id)
                 else:
                     exported[index] = (export_mesh(mesh, CANONICAL_FORMAT), mesh_stats(mesh))
         timings = dict(job.timings.seconds)  # the whole pass, surface extraction and export included
@@ -283,6 +316,7 @@ class GenerationEngine:
                 stats=stats,
                 timings=dict(timings),
                 batch_size=meshes[index][1],
+                cleanup=cleaned[index][1],
                 queue_wait_s=job.record.gpu_start - job.items[index].arrived,
                 seed=request.seed,
                 job_id=request.job_id,
@@ -300,3 +334,7 @@ class GenerationEngine:
         for future, outcome in zip(futures, outcomes, strict=True):
             if not future.done():  # a caller that went away cancelled its future
                 future.set_result(outcome)
+
+
+def _with_job_id(error: GenerationError, queued: Queued) -> GenerationError:
+    return GenerationError(error.code, error.message, queued.request.job_id)

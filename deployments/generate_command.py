@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .contract import MESH_FORMATS
+from .contract import DEFAULT_MAX_FACES, MESH_FORMATS, REMOVE_BACKGROUND_MODES, GenerationError, RemoveBackground
+from .image_input import decode_image
 
 
 class CommandError(Exception):
@@ -34,6 +35,9 @@ class GenerateOptions:
     seed: int = 0
     batch: bool = False
     device: str = "cpu"
+    max_faces: int = DEFAULT_MAX_FACES
+    remove_floaters: bool = True
+    remove_background: RemoveBackground = "auto"
 
 
 def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +53,16 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
     p.add_argument("--batch", action="store_true", help="run all images through one batched pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--max-faces", type=int, default=DEFAULT_MAX_FACES, help=f"face budget (default {DEFAULT_MAX_FACES}; 0: none)"
+    )
+    p.add_argument("--no-remove-floaters", dest="remove_floaters", action="store_false", help="keep floating pieces")
+    p.add_argument(
+        "--remove-background",
+        default="auto",
+        choices=REMOVE_BACKGROUND_MODES,
+        help="auto (default): only for images without alpha; always; never (classical remover)",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> GenerateOptions:
@@ -64,27 +78,32 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         seed=args.seed,
         batch=args.batch,
         device=args.device,
+        max_faces=args.max_faces,
+        remove_floaters=args.remove_floaters,
+        remove_background=args.remove_background,
     )
 
 
 def load_images(paths: list[Path]) -> list[Image.Image]:
+    """Each file decoded as the service decodes uploads (EXIF orientation applied)."""
     images = []
     for path in paths:
         if not path.is_file():
             raise CommandError(f"{path}: no such file")
         try:
-            with Image.open(path) as image:
-                image.load()
-                images.append(image.copy())
-        except (UnidentifiedImageError, OSError) as exc:
-            raise CommandError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+            images.append(decode_image(path.read_bytes()))
+        except GenerationError as exc:
+            raise CommandError(f"{path}: not a readable image ({exc.message})") from None
     return images
 
 
 def run_generate(options: GenerateOptions) -> list[Path]:
     """Generate one mesh per image; returns the written paths and prints the timing summary."""
     # torch and the model load only here, so the rest of the CLI starts fast and without torch
+    from .contract import MeshOptions
     from .hunyuan3d import CheckpointError, GenerationParams, ShapePipeline, StageTimings, UnsupportedModelError
+    from .mesh_cleanup import clean_mesh
+    from .mesh_io import export_mesh
 
     try:
         params = GenerationParams(
@@ -95,7 +114,11 @@ def run_generate(options: GenerateOptions) -> list[Path]:
         )
     except ValueError as exc:
         raise CommandError(f"bad parameter: {exc}") from None
-    images = load_images(options.images)
+    try:
+        mesh_options = MeshOptions(max_faces=options.max_faces, remove_floaters=options.remove_floaters)
+    except ValueError as exc:
+        raise CommandError(f"bad parameter: {exc}") from None
+    images = _cut_out(load_images(options.images), options)
 
     started = time.perf_counter()
     try:
@@ -122,15 +145,33 @@ def run_generate(options: GenerateOptions) -> list[Path]:
             if isinstance(mesh, Exception):
                 failures.append(f"{options.images[i].name}: {mesh}")
                 continue
+            mesh, report = clean_mesh(mesh, mesh_options)
             path = options.out / f"{options.images[i].stem}.{options.format}"
-            mesh.export(path, file_type=options.format)
+            path.write_bytes(export_mesh(mesh, options.format))  # type: ignore[arg-type]
             written.append(path)
-            print(f"{path}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces")
+            print(f"{path}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces (raw {report.faces_before})")
 
     print(format_timings(timings.seconds, load_seconds, len(images), options.batch))
     if failures:
         raise CommandError("; ".join(failures))
     return written
+
+
+def _cut_out(images: list[Image.Image], options: GenerateOptions) -> list[Image.Image]:
+    """The images with their backgrounds removed as ``--remove-background`` says (the classical remover)."""
+    from .background import BackgroundConfig, cut_out, make_remover
+
+    config = BackgroundConfig()
+    modes: list[RemoveBackground] = [options.remove_background] * len(images)
+    cut = cut_out(images, modes, make_remover(config), config.min_foreground_fraction)
+    failures = [
+        f"{path.name}: {item.message}"
+        for path, item in zip(options.images, cut, strict=True)
+        if isinstance(item, GenerationError)
+    ]
+    if failures:
+        raise CommandError("; ".join(failures))
+    return cut  # type: ignore[return-value]
 
 
 def format_timings(seconds: dict[str, float], load_seconds: float, count: int, batched: bool) -> str:

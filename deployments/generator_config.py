@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
+from .background import BackgroundConfig
+
 if TYPE_CHECKING:
     from .hunyuan3d.params import GenerationParams
 
@@ -73,6 +75,11 @@ class GeneratorConfig(BaseModel):
         default=DEFAULT_VRAM_TABLE,
         description="VRAM budget -> batch size table that `table` (and `auto` on CPU) sizes batches from; "
         "relative to the repository.",
+    )
+    background: BackgroundConfig = Field(
+        default_factory=BackgroundConfig,
+        description="How the replica removes the backgrounds of photos (jobs with `remove_background` auto on an "
+        "image without alpha, or always).",
     )
 
     @field_validator("device")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from .contract import ErrorCode, GenerationError
 
@@ -14,7 +14,7 @@ def decode_image(image: bytes, job_id: str | None = None) -> Image.Image:
     try:
         with Image.open(io.BytesIO(image)) as opened:
             opened.load()  # decode now: a truncated file fails here, not inside the GPU pass
-            return opened.copy()
+            return upright(opened)
     except UnidentifiedImageError:
         message = "the data is not an image PIL can read; send PNG, JPEG or WebP"
         raise GenerationError(ErrorCode.INVALID_IMAGE, message, job_id) from None
@@ -22,6 +22,15 @@ def decode_image(image: bytes, job_id: str | None = None) -> Image.Image:
         # truncated data is an OSError, some broken headers are SyntaxError/ValueError
         message = f"the image could not be decoded ({type(exc).__name__}: {exc})"
         raise GenerationError(ErrorCode.INVALID_IMAGE, message, job_id) from None
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """A copy turned the way the camera's EXIF Orientation tag says (phone photos are stored sideways)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (KeyError, ValueError, TypeError, SyntaxError, OSError):
+        # a damaged EXIF block costs the rotation, not the upload
+        return image.copy()
 
 
 def warmup_image(size: int = 256) -> Image.Image:

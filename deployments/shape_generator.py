@@ -38,6 +38,7 @@ import torch
 from ray import serve
 from ray.serve import Application
 
+from .background import make_remover
 from .contract import GenerationRequest, Outcome
 from .engine import GenerationEngine, Queued
 from .generator_config import BatchingConfig, GeneratorConfig, resolve_path
@@ -88,7 +89,13 @@ class ShapeGenerator:
             torch.set_num_threads(self.config.torch_threads)
         self.pipeline = load_pipeline(self.config)
         self.metrics = GeneratorMetrics()
-        self.engine = GenerationEngine(self.pipeline, self.metrics)
+        background = self.config.background
+        self.engine = GenerationEngine(
+            self.pipeline,
+            self.metrics,
+            remover=make_remover(background),
+            min_foreground_fraction=background.min_foreground_fraction,
+        )
         self.engine.on_oom = self._lower_max_batch_size
         self.table = VramTable.from_yaml(resolve_path(self.config.vram_table))
         self.admission = Slots(1)

@@ -14,6 +14,7 @@ DEFAULT_SCOPES = ["jobs:read", "jobs:write"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from deployments.background_command import add_remove_background_parser
     from deployments.generate_command import add_generate_parser
     from serve_app.agent_cli import add_agent_parser
     from serve_app.auth.cli import add_keys_parser
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orfeas", description="ORFEAS serve: images to 3D meshes for agents")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_generate_parser(subparsers)
+    add_remove_background_parser(subparsers)
     keys = add_keys_parser(subparsers)
     # where the keys live: the same resolution as the service, on every keys subcommand
     for action in keys._actions:
@@ -86,6 +88,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_generate(options_from_args(args))
         except CommandError as exc:
             print(f"orfeas generate: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "remove-background":
+        from deployments.background_command import CommandError as BackgroundCommandError
+        from deployments.background_command import options_from_args as background_options
+        from deployments.background_command import run_remove_background
+
+        try:
+            run_remove_background(background_options(args))
+        except BackgroundCommandError as exc:
+            print(f"orfeas remove-background: error: {exc}", file=sys.stderr)
             return 1
         return 0
     if args.command == "keys":

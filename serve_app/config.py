@@ -8,10 +8,12 @@ object to the ingress.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.contract import DEFAULT_MAX_FACES, MAX_FACES_LIMIT, RemoveBackground
+from deployments.hunyuan3d.params import recommended_params
 from serve_app.auth.settings import AuthSettings
 
 
@@ -40,6 +42,12 @@ class ApiLimits(BaseModel):
         ge=0,
         description="Cap of the `?wait=` long-poll in seconds; keep it below the proxy's `request_timeout_s`.",
     )
+    max_face_budget: int = Field(
+        500_000,
+        ge=1_000,
+        le=MAX_FACES_LIMIT,
+        description="Highest `max_faces` an agent may ask for (`0`, no reduction, is always allowed).",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> ApiLimits:
@@ -53,13 +61,36 @@ class DefaultParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    num_inference_steps: int = Field(
-        50, description="Denoising steps of a job that does not set them; fewer are faster and coarser."
+    num_inference_steps: int | None = Field(
+        None,
+        description="Denoising steps of a job that does not set them (null: the model's own, 5 for -turbo, 10 for "
+        "-fast, 50 otherwise); fewer are faster and coarser.",
     )
-    guidance_scale: float = Field(5.0, description="Classifier-free guidance scale of a job that does not set it.")
-    octree_resolution: int = Field(
-        256, description="Surface extraction grid of a job that does not set it; higher is finer and slower."
+    guidance_scale: float | None = Field(
+        None, description="Guidance scale of a job that does not set it (null: the model's own, 5.0)."
     )
+    octree_resolution: int | None = Field(
+        None,
+        description="Surface extraction grid of a job that does not set it (null: the model's own, 256); higher is "
+        "finer and slower.",
+    )
+    max_faces: int = Field(
+        DEFAULT_MAX_FACES,
+        description="Face budget of a job's mesh (quadric decimation), as the official server's 40,000; 0: none.",
+    )
+    remove_floaters: bool = Field(True, description="Drop small pieces floating apart from the object.")
+    remove_background: RemoveBackground = Field(
+        "auto", description="`auto`: remove the background of images without a meaningful alpha; `always`; `never`."
+    )
+
+    def for_model(self, variant: str) -> dict[str, Any]:
+        """Every default a job gets, the model's own where this config leaves them null."""
+        recommended = recommended_params(variant)
+        defaults = self.model_dump()
+        for name in ("num_inference_steps", "guidance_scale", "octree_resolution"):
+            if defaults[name] is None:
+                defaults[name] = getattr(recommended, name)
+        return defaults
 
 
 class JobSettings(BaseModel):
@@ -173,6 +204,11 @@ class AppConfig(BaseModel):
     jobs: JobSettings = Field(JobSettings(), description="The queue, the job store and the job workers.")
     streams: StreamSettings = Field(StreamSettings(), description="Event streams and `?wait=` long-polls.")
     auth: AuthSettings = Field(AuthSettings(), description="Request signing, allowlists, rate limits, master key.")
+
+    @property
+    def job_defaults(self) -> dict[str, Any]:
+        """The params a job of this app's model gets when it leaves them out."""
+        return self.defaults.for_model(self.model_name)
 
     @property
     def resolved_database_url(self) -> str:

@@ -13,15 +13,22 @@ from typing import Any
 
 from starlette.requests import Request
 
-from deployments.contract import MAX_SEED, PRIORITIES
-from deployments.hunyuan3d.params import GenerationParams
+from deployments.contract import MAX_SEED, PRIORITIES, split_job_params
 from serve_app.config import AppConfig
 from serve_app.errors import ApiError
 from serve_app.images import DecodedImage, ImageLimits, ImageRejected, decode_base64_image, validate_image_bytes
 from serve_app.jobs import NewJob
 
-# What agents may set per request; everything else in GenerationParams is the operator's choice.
-API_PARAMS = ("num_inference_steps", "guidance_scale", "octree_resolution")
+# What agents may set per request; everything else in GenerationParams is the operator's choice. The first
+# three shape the batched pass; the others act on the job alone (background removal, mesh clean-up).
+API_PARAMS = (
+    "num_inference_steps",
+    "guidance_scale",
+    "octree_resolution",
+    "max_faces",
+    "remove_floaters",
+    "remove_background",
+)
 _JOB_FIELDS = {"image", "seed", "params", "priority"}
 _BATCH_FIELDS = {"items", "params", "priority"}
 _ITEM_FIELDS = {"image", "seed"}
@@ -101,12 +108,18 @@ def generation_params(raw: object, config: AppConfig) -> dict[str, Any]:
     unknown = sorted(set(raw) - set(API_PARAMS))
     if unknown:
         raise ApiError(422, "invalid_params", f"unknown parameter(s) {unknown}; agents may set {list(API_PARAMS)}")
-    merged = {**config.defaults.model_dump(), **raw}
+    merged = {**config.job_defaults, **raw}
     limits = config.limits
     try:
-        params = GenerationParams.from_dict(merged)
+        params, mesh, _ = split_job_params(merged)
     except (TypeError, ValueError) as exc:
         raise ApiError(422, "invalid_params", str(exc)) from None
+    if mesh.max_faces > limits.max_face_budget:
+        raise ApiError(
+            422,
+            "invalid_params",
+            f"max_faces must be at most {limits.max_face_budget} here (or 0), got {mesh.max_faces}",
+        )
     checks = (
         ("num_inference_steps", params.num_inference_steps, 1, limits.max_inference_steps),
         ("octree_resolution", params.octree_resolution, limits.min_octree_resolution, limits.max_octree_resolution),

@@ -12,7 +12,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from deployments.contract import CONTENT_TYPES, JOB_STATUSES, MESH_FORMATS, PRIORITIES
+from deployments.contract import (
+    CONTENT_TYPES,
+    JOB_STATUSES,
+    MESH_FORMATS,
+    MIN_FACE_BUDGET,
+    PRIORITIES,
+    REMOVE_BACKGROUND_MODES,
+)
 from serve_app.auth.principal import Principal, require_scope
 from serve_app.errors import ApiError, not_found
 from serve_app.jobs import (
@@ -231,13 +238,17 @@ async def capabilities(request: Request) -> Response:
     limits = config.limits
     return JSONResponse(
         {
-            "models": [{"name": config.model_name, "default": True}],
+            "models": [{"name": config.model_name, "default": True, "defaults": config.job_defaults}],
             "params": {
                 "settable": list(API_PARAMS),
-                "defaults": config.defaults.model_dump(),
+                "defaults": config.job_defaults,
                 "num_inference_steps": {"min": 1, "max": limits.max_inference_steps},
                 "guidance_scale": {"min": 0.0, "max": limits.max_guidance_scale},
                 "octree_resolution": {"min": limits.min_octree_resolution, "max": limits.max_octree_resolution},
+                # 0 keeps the raw surface; otherwise a budget between the bounds
+                "max_faces": {"min": MIN_FACE_BUDGET, "max": limits.max_face_budget, "no_reduction": 0},
+                "remove_floaters": [True, False],
+                "remove_background": list(REMOVE_BACKGROUND_MODES),
             },
             "priorities": list(PRIORITIES),
             "formats": list(MESH_FORMATS),

@@ -60,6 +60,19 @@ class GenerationParams:
         return asdict(self)
 
 
+def recommended_params(variant: str) -> GenerationParams:
+    """What a released variant is meant to run with, by its folder name.
+
+    Consistency-distilled (``-turbo``) models are trained for about 5 steps and guidance-distilled (``-fast``)
+    ones for about 10; the others for the official 50. Guidance and resolution are the official defaults.
+    """
+    if variant.endswith("-turbo"):
+        return GenerationParams(num_inference_steps=5)
+    if variant.endswith("-fast"):
+        return GenerationParams(num_inference_steps=10)
+    return GenerationParams()
+
+
 def _check_int(name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {value!r}")

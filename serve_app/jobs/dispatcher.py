@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from deployments.contract import CANONICAL_FORMAT, ErrorCode, GenerationError, GenerationRequest, Outcome
-from deployments.hunyuan3d.params import GenerationParams
 from serve_app.artifacts import ArtifactStore
 from serve_app.config import JobSettings
 from serve_app.jobs.events import JobEvent, JobEvents
@@ -224,7 +223,7 @@ class Dispatcher:
         Raises the request's ``GenerationError`` or ``ModelUnavailable``.
         """
         image = await asyncio.to_thread(self._artifacts.read_bytes, job.input_path)
-        request = GenerationRequest(image, job.seed, GenerationParams.from_dict(job.params), job.priority, job.id)
+        request = GenerationRequest.from_job_params(image, job.seed, job.params, job.priority, job.id)
         started = time.perf_counter()
         outcome = await self._generate(request)
         timings["generate_s"] = time.perf_counter() - started
@@ -234,6 +233,7 @@ class Dispatcher:
             **{f"{stage}_s": seconds for stage, seconds in outcome.timings.items()},
             "batch_size": outcome.batch_size,
             "queue_wait_s": outcome.queue_wait_s,
+            "cleanup": outcome.cleanup,
         }
         started = time.perf_counter()
         # A fresh name per run: a stale run (abandoned while its write finishes) can never overwrite, or

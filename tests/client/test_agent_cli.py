@@ -10,7 +10,7 @@ import pytest
 import trimesh
 
 from serve_app.cli import main
-from tests.serve_app.conftest import png_bytes
+from tests.serve_app.conftest import MESH_DEFAULTS, png_bytes
 
 from .conftest import LiveApi
 
@@ -56,7 +56,12 @@ def test_agent_cli_submit_wait_downloads_each_mesh(live_api, capsys, images, tmp
     for result in results:
         job = result["job"]
         assert job["status"] == "succeeded" and job["seed"] == 4
-        assert job["params"] == {"num_inference_steps": 5, "guidance_scale": 4.5, "octree_resolution": 64}
+        assert job["params"] == {
+            **MESH_DEFAULTS,
+            "num_inference_steps": 5,
+            "guidance_scale": 4.5,
+            "octree_resolution": 64,
+        }
         path = Path(result["file"])
         assert path.parent == out and path.name.endswith(f"-{job['job_id']}.stl")
         assert len(trimesh.load(path, force="mesh").faces) == job["mesh"]["faces"]

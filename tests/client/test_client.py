@@ -17,7 +17,7 @@ from PIL import Image
 
 from serve_app.auth.settings import AuthSettings, RateLimitSettings
 from serve_app.client import AgentClient, ApiRequestError, image_base64
-from tests.serve_app.conftest import png_bytes
+from tests.serve_app.conftest import MESH_DEFAULTS, png_bytes
 
 from .conftest import LiveApi, serve_api
 
@@ -49,7 +49,7 @@ def test_client_submit_wait_download_every_format(client: AgentClient, tmp_path:
     image.write_bytes(png_bytes())
     job = client.submit(image, seed=3, params=PARAMS)
     assert job["status"] == "queued" and job["seed"] == 3 and job["priority"] == "normal"
-    assert job["params"] == {"num_inference_steps": 5, "guidance_scale": 5.0, "octree_resolution": 64}
+    assert job["params"] == {**MESH_DEFAULTS, "num_inference_steps": 5, "guidance_scale": 5.0, "octree_resolution": 64}
     done = client.wait(job["job_id"], timeout=10)
     assert done["status"] == "succeeded" and done["mesh"]["faces"] == 320
     for fmt in FORMATS:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from deployments.contract import ErrorCode, GenerationError, GenerationRequest
+from deployments.contract import ErrorCode, GenerationError, GenerationRequest, MeshOptions, split_job_params
 from deployments.hunyuan3d import GenerationParams
 
 from .conftest import FAST, FAST_DICT, REPO, object_png
@@ -93,3 +93,26 @@ def test_contract_imports_without_torch_ray_or_numpy():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_split_job_params_separates_pass_cleanup_and_background():
+    generation, mesh, mode = split_job_params(
+        {"num_inference_steps": 5, "max_faces": 2000, "remove_floaters": False, "remove_background": "always"}
+    )
+    assert (generation.num_inference_steps, mesh, mode) == (5, MeshOptions(2000, False), "always")
+    assert split_job_params({})[1:] == (MeshOptions(), "auto")  # jobs stored before these params existed
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"max_faces": 10}, "max_faces must be 0 .no reduction. or between 1000"),
+        ({"max_faces": True}, "max_faces must be an integer"),
+        ({"remove_floaters": 1}, "remove_floaters must be true or false"),
+        ({"remove_background": "maybe"}, "remove_background must be one of"),
+        ({"steps": 5}, r"unknown generation parameter\(s\) \['steps'\]"),
+    ],
+)
+def test_split_job_params_bad_values_name_the_field(params, message):
+    with pytest.raises(ValueError, match=message):
+        split_job_params(params)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from deployments.contract import GenerationError, GenerationRequest, GenerationResult
+from deployments.background import BackgroundConfig, make_remover
+from deployments.contract import GenerationError, GenerationRequest, GenerationResult, MeshOptions
 from deployments.engine import PASS_STAGES, GenerationEngine, Queued
 from deployments.hunyuan3d import GenerationParams, ShapePipeline
 from deployments.metrics import GeneratorMetrics
 from deployments.scheduling import CRITICAL
 
-from .conftest import FAST, fixture_png, mesh_of, object_png, transparent_png
+from .conftest import FAST, fixture_png, mesh_of, object_png, png_bytes, transparent_png
 from .fakes import SyntheticPipeline
 
 
@@ -29,8 +32,8 @@ def queued(image: bytes, seed: int, params: GenerationParams = FAST, priority: s
     return Queued(request, time.monotonic())
 
 
-def make_engine(pipeline: object, max_concurrent_batches: int = 2) -> GenerationEngine:
-    return GenerationEngine(pipeline, GeneratorMetrics(), max_concurrent_batches)  # type: ignore[arg-type]
+def make_engine(pipeline: object, max_concurrent_batches: int = 2, remover: object = None) -> GenerationEngine:
+    return GenerationEngine(pipeline, GeneratorMetrics(), max_concurrent_batches, remover=remover)  # type: ignore[arg-type]
 
 
 def codes(outcomes: list) -> list[str]:
@@ -72,7 +75,7 @@ async def test_engine_batch_results_equal_single_runs(tiny_pipeline: ShapePipeli
 
 async def test_engine_result_carries_stage_timings_and_queue_wait(tiny_pipeline: ShapePipeline):
     [result] = await make_engine(tiny_pipeline).run_batch([queued(object_png(), 1)])
-    assert set(result.timings) == set(PASS_STAGES)
+    assert set(result.timings) == set(PASS_STAGES) - {"background_removal"}  # an engine without a remover
     assert result.queue_wait_s >= 0
     mesh = mesh_of(result)
     assert result.stats.to_dict()["faces"] == len(mesh.faces) > 0
@@ -241,3 +244,38 @@ async def test_engine_caller_cancelled_while_waiting_for_the_gpu_runs_nothing():
         await waiting
     engine.gpu.release()
     assert not engine.gpu.locked and pipeline.gpu_batches == [] and not engine.passes
+
+
+def with_options(item: Queued, **changes: object) -> Queued:
+    return Queued(dataclasses.replace(item.request, **changes), item.arrived)  # type: ignore[arg-type]
+
+
+async def test_engine_cleans_each_mesh_to_its_own_face_budget_in_one_pass(tiny_pipeline: ShapePipeline):
+    engine = make_engine(tiny_pipeline)
+    params = GenerationParams(num_inference_steps=2, octree_resolution=64, volume_decoder="dense")
+    raw, budgeted = await engine.run_batch(
+        [
+            with_options(queued(object_png(), 5, params), mesh=MeshOptions(max_faces=0, remove_floaters=False)),
+            with_options(queued(object_png(), 5, params), mesh=MeshOptions(max_faces=1_000)),
+        ]
+    )
+    assert [p.size for p in engine.passes] == [2]  # mesh options are not part of the batch key
+    assert raw.cleanup["faces_before"] == raw.stats.faces > 1_000  # no reduction asked
+    assert budgeted.cleanup["faces_before"] == raw.cleanup["faces_before"]  # same seed and image: same surface
+    assert budgeted.stats.faces <= 1_000 and len(mesh_of(budgeted).faces) == budgeted.stats.faces
+    assert set(budgeted.timings) == set(PASS_STAGES) - {"background_removal"}  # nothing to cut out: RGBA
+
+
+async def test_engine_removes_backgrounds_as_each_request_asks(tiny_pipeline: ShapePipeline):
+    engine = make_engine(tiny_pipeline, remover=make_remover(BackgroundConfig()))
+    blank = png_bytes(Image.new("RGB", (96, 96), (250, 250, 250)))  # a studio backdrop with nothing on it
+    outcomes = await engine.run_batch(
+        [
+            queued(object_png(), 1),  # RGBA: auto keeps its own alpha
+            with_options(queued(blank, 2), remove_background="always"),
+            with_options(queued(fixture_png("plain_rgb.png"), 3), remove_background="never"),
+        ]
+    )
+    assert codes(outcomes) == ["ok", "no_foreground", "ok"]
+    assert outcomes[1].job_id == "job-2" and "background removal" in outcomes[1].message
+    assert "background_removal" in outcomes[0].timings

@@ -82,7 +82,7 @@ async def test_dispatcher_runs_a_job_to_success(
     assert done.mesh_stats["bounds"] == [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]
     assert done.timings is not None
     assert set(done.timings) == {"attempt", "queue_s", "generate_s", "store_s", "total_s", "model"}
-    assert done.timings["model"] == {"diffusion_s": 0.01, "batch_size": 1, "queue_wait_s": 0.0}
+    assert done.timings["model"] == {"diffusion_s": 0.01, "batch_size": 1, "queue_wait_s": 0.0, "cleanup": {}}
     # The stored mesh and every download format read back as the same mesh.
     for fmt in MESH_FORMATS:
         path = artifacts.mesh_file(done.result_path, fmt)

@@ -25,6 +25,9 @@ from serve_app.service import AgentService
 from serve_app.worker_service import WorkerService
 from tests.jobs.helpers import result_of
 
+# What every job's params hold besides the generation parameters, when the agent does not set them.
+MESH_DEFAULTS = {"max_faces": 40_000, "remove_floaters": True, "remove_background": "auto"}
+
 
 def png_bytes(size=(64, 48), color=(200, 40, 40, 255), mode="RGBA") -> bytes:
     buf = io.BytesIO()

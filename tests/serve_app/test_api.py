@@ -9,7 +9,7 @@ import stat
 
 import trimesh
 
-from .conftest import b64, png_bytes
+from .conftest import b64, png_bytes, start_api
 
 JOB = {"image": b64(png_bytes()), "seed": 3, "params": {"num_inference_steps": 5, "octree_resolution": 64}}
 
@@ -27,7 +27,14 @@ async def test_api_submit_poll_download_every_format(api):
     job = response.json()
     assert job["status"] == "queued" and job["seed"] == 3
     assert response.headers["location"] == job["status_url"] == f"/api/agent/jobs/{job['job_id']}"
-    assert job["params"] == {"num_inference_steps": 5, "guidance_scale": 5.0, "octree_resolution": 64}
+    assert job["params"] == {
+        "num_inference_steps": 5,
+        "guidance_scale": 5.0,
+        "octree_resolution": 64,
+        "max_faces": 40_000,
+        "remove_floaters": True,
+        "remove_background": "auto",
+    }
     done = await api.wait_finished(job["job_id"])
     assert done["status"] == "succeeded" and done["mesh"]["faces"] == 320
     types = {"glb": "model/gltf-binary", "obj": "model/obj", "stl": "model/stl", "ply": "application/x-ply"}
@@ -158,3 +165,26 @@ async def test_api_multipart_with_idempotency_key_replays_identical_bytes(paused
     again = await paused_api.client.post("/api/agent/jobs", content=body, headers=headers)
     assert first.status_code == again.status_code == 202, first.text
     assert again.json()["job_id"] == first.json()["job_id"] and again.headers["idempotent-replayed"] == "true"
+
+
+async def test_api_mesh_and_background_params_are_stored_with_the_job(paused_api):
+    params = {"max_faces": 0, "remove_floaters": False, "remove_background": "never"}
+    job = (await paused_api.client.post("/api/agent/jobs", json={"image": b64(png_bytes()), "params": params})).json()
+    assert {name: job["params"][name] for name in params} == params
+    default = (await paused_api.client.post("/api/agent/jobs", json={"image": b64(png_bytes())})).json()
+    assert (default["params"]["max_faces"], default["params"]["remove_floaters"]) == (40_000, True)
+    assert default["params"]["remove_background"] == "auto"
+
+
+async def test_api_capabilities_list_the_models_own_defaults(tmp_path):
+    api = await start_api(tmp_path, dispatcher=False, model_name="hunyuan3d-dit-v2-0-turbo")
+    try:
+        caps = (await api.client.get("/api/agent/capabilities")).json()
+        [model] = caps["models"]
+        assert (model["name"], model["defaults"]["num_inference_steps"]) == ("hunyuan3d-dit-v2-0-turbo", 5)
+        assert caps["params"]["defaults"] == model["defaults"]
+        assert caps["params"]["max_faces"] == {"min": 1000, "max": 500_000, "no_reduction": 0}
+        job = (await api.client.post("/api/agent/jobs", json={"image": b64(png_bytes())})).json()
+        assert job["params"]["num_inference_steps"] == 5  # a turbo model is meant for few steps
+    finally:
+        await api.stop()
