@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 DEFAULT_SCOPES = ["jobs:read", "jobs:write"]
@@ -82,25 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "generate":
-        from deployments.generate_command import CommandError, options_from_args, run_generate
+        from deployments.generate_command import options_from_args, run_generate
 
-        try:
-            run_generate(options_from_args(args))
-        except CommandError as exc:
-            print(f"orfeas generate: error: {exc}", file=sys.stderr)
-            return 1
-        return 0
+        return _one_line_errors("generate", lambda: run_generate(options_from_args(args)))
     if args.command == "remove-background":
-        from deployments.background_command import CommandError as BackgroundCommandError
-        from deployments.background_command import options_from_args as background_options
+        from deployments.background_command import options_from_args as cut_out_options
         from deployments.background_command import run_remove_background
 
-        try:
-            run_remove_background(background_options(args))
-        except BackgroundCommandError as exc:
-            print(f"orfeas remove-background: error: {exc}", file=sys.stderr)
-            return 1
-        return 0
+        return _one_line_errors("remove-background", lambda: run_remove_background(cut_out_options(args)))
     if args.command == "keys":
         return run_keys(args)
     if args.command == "agent":
@@ -113,3 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _one_line_errors(command: str, run: Callable[[], object]) -> int:
+    """Run a local command; its expected failures (CommandError) become one line on stderr and exit 1."""
+    from deployments.generate_command import CommandError
+
+    try:
+        run()
+    except CommandError as exc:
+        print(f"orfeas {command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

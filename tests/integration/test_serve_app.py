@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 import trimesh
+from PIL import Image
 
 from serve_app.auth.signing import AgentSigner
 from tests.auth.independent_signer import independent_sign
@@ -19,6 +20,7 @@ from tests.hunyuan3d.conftest import IMAGES
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 IMAGE_B64 = base64.b64encode((IMAGES / "object_rgba.png").read_bytes()).decode()
+STUDIO = IMAGES.parent / "studio"  # synthetic studio photos (tests/fixtures/studio/make_studio_photos.py)
 
 
 def _submit(client: httpx.Client, seed: int) -> dict:
@@ -211,3 +213,27 @@ def test_e2e_every_protected_endpoint_refuses_bad_requests(live_app, refusal_ids
         assert got_status == status, (endpoint_name, kind, outcomes[kind])
         assert audit[request_id]["reason"] == reason, (endpoint_name, kind, audit[request_id])
         assert audit[request_id]["decision"] == "deny"
+
+
+@pytest.mark.parametrize("photo", ["plain_white.png", "vertical_gradient.png", "mug_gradient.png"])
+def test_e2e_photo_with_a_background_comes_back_cut_out_and_within_its_face_budget(live_app, photo):
+    image = base64.b64encode((STUDIO / photo).read_bytes()).decode()
+    with live_app.client() as client:
+        body = {"image": image, "seed": 5, "params": {"max_faces": 2_000}}
+        done = live_app.wait_finished(client, client.post("/api/agent/jobs", json=body).json()["job_id"])
+        assert done["status"] == "succeeded", done["error"]
+        model = done["timings"]["model"]
+        assert model["background_removal_s"] > 0  # an RGB photo: auto removed its background
+        assert model["cleanup"]["faces_before"] > 2_000 >= done["mesh"]["faces"] == model["cleanup"]["faces_after"]
+        mesh = trimesh.load(io.BytesIO(client.get(done["result_urls"]["glb"]).content), file_type="glb", force="mesh")
+        assert len(mesh.faces) == done["mesh"]["faces"]
+        assert len(mesh.split(only_watertight=False)) == 1  # one piece: no floaters
+
+
+def test_e2e_photo_that_is_all_background_fails_with_no_foreground(live_app):
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 128), (245, 245, 240)).save(buffer, format="PNG")
+    with live_app.client() as client:
+        body = {"image": base64.b64encode(buffer.getvalue()).decode()}
+        done = live_app.wait_finished(client, client.post("/api/agent/jobs", json=body).json()["job_id"])
+    assert (done["status"], done["error"]["code"], done["error"]["retryable"]) == ("failed", "no_foreground", False)
