@@ -6,6 +6,11 @@ state (jobs, nonces, idempotency keys, failure counters) lives here, never in on
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
@@ -49,14 +54,30 @@ _SCHEMA_LOCK_KEY = 0x0F3EA5
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create every table registered on :class:`Base` (idempotent).
+    """Create every table registered on :class:`Base` (idempotent, safe to run from several processes).
 
-    The ingress and the job workers start together and each creates the schema. On Postgres two concurrent
-    ``CREATE TABLE IF NOT EXISTS`` can both pass the check and one then fails on the catalog's unique
-    index, so the creation runs under a transaction-scoped advisory lock; SQLite's write lock already
-    serialises it.
+    The ingress and the job workers start together and each creates the schema. ``create_all`` checks for a
+    table, then creates it, in two statements, so two processes can both pass the check (measured on a fresh
+    SQLite file: "table ... already exists", or a lock wait that ends in "database is locked"). Creation is
+    therefore serialised: on Postgres by a transaction-scoped advisory lock, on SQLite (one host by nature)
+    by an exclusive ``flock`` on a file next to the database.
     """
-    async with engine.begin() as conn:
+    async with _sqlite_file_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
         await conn.run_sync(Base.metadata.create_all)
+
+
+@asynccontextmanager
+async def _sqlite_file_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    fd = os.open(f"{database}.schema-lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        # flock blocks: wait in a worker thread so the event loop (health checks) keeps running
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
