@@ -28,6 +28,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from .contract import REMOVE_BACKGROUND_MODES, ErrorCode, GenerationError, RemoveBackground
+from .paths import resolve_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -309,9 +310,6 @@ class OnnxRemover:
 
     def __init__(self, config: BackgroundConfig) -> None:
         import onnxruntime as ort
-
-        # imported here: generator_config imports this module for BackgroundConfig
-        from .generator_config import resolve_path
 
         if not config.onnx_model:
             raise ValueError("OnnxRemover needs config.onnx_model (a local .onnx file)")

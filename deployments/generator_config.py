@@ -9,17 +9,16 @@ so batch settings change live. Neither reads the environment. This module import
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from .background import BackgroundConfig
+from .paths import resolve_path
 
 if TYPE_CHECKING:
     from .hunyuan3d.params import GenerationParams
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "configs/models/tiny-Hunyuan3D-2/hunyuan3d-dit-v2-0"
 DEFAULT_VRAM_TABLE = "configs/vram_batch_table.yaml"
 # One batch on the GPU plus batches in their CPU section; more than a few only holds memory.
@@ -27,12 +26,6 @@ MAX_CONCURRENT_BATCHES = 4
 MAX_BATCH_SIZE = 64
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-def resolve_path(path: str | Path) -> Path:
-    """Relative paths name files in the repository, whatever directory Ray starts the replica in."""
-    path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
 
 
 class GeneratorConfig(BaseModel):

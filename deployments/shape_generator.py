@@ -41,7 +41,7 @@ from ray.serve import Application
 from .background import make_remover
 from .contract import GenerationRequest, Outcome
 from .engine import GenerationEngine, Queued
-from .generator_config import BatchingConfig, GeneratorConfig, resolve_path
+from .generator_config import BatchingConfig, GeneratorConfig
 from .hunyuan3d import ShapePipeline
 from .image_input import warmup_image
 from .metrics import (
@@ -51,6 +51,7 @@ from .metrics import (
     release_free_memory,
     traced_python_bytes,
 )
+from .paths import resolve_path
 from .scheduling import CRITICAL, Slots
 from .vram import Sizing, VramTable, size_batches
 

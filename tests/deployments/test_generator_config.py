@@ -5,8 +5,9 @@ import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.generator_config import BatchingConfig, GeneratorConfig, resolve_path
+from deployments.generator_config import BatchingConfig, GeneratorConfig
 from deployments.hunyuan3d import GenerationParams
+from deployments.paths import resolve_path
 
 SERVE_CONFIG = resolve_path("configs/serve_generator.yaml")
 

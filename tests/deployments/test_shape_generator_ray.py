@@ -21,8 +21,8 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
 from deployments.contract import GenerationError, GenerationRequest, GenerationResult
-from deployments.generator_config import resolve_path
 from deployments.hunyuan3d import GenerationParams
+from deployments.paths import resolve_path
 
 from .conftest import FAST_DICT, mesh_of, object_png, transparent_png
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deployments.generator_config import BatchingConfig, resolve_path
+from deployments.generator_config import BatchingConfig
+from deployments.paths import resolve_path
 from deployments.vram import GIB, VramTable, candidate_sizes, measure_batch_size, size_batches
 
 TABLE = VramTable.from_yaml(resolve_path("configs/vram_batch_table.yaml"))
