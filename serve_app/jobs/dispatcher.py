@@ -223,7 +223,10 @@ class Dispatcher:
         Raises the request's ``GenerationError`` or ``ModelUnavailable``.
         """
         image = await asyncio.to_thread(self._artifacts.read_bytes, job.input_path)
-        request = GenerationRequest.from_job_params(image, job.seed, job.params, job.priority, job.id)
+        try:
+            request = GenerationRequest.from_job_params(image, job.seed, job.params, job.priority, job.id)
+        except (TypeError, ValueError) as exc:  # checked at submit; a config change since can still bite
+            raise GenerationError(ErrorCode.INVALID_REQUEST, str(exc), job.id) from None
         started = time.perf_counter()
         outcome = await self._generate(request)
         timings["generate_s"] = time.perf_counter() - started

@@ -144,6 +144,20 @@ async def test_dispatcher_records_model_failures(
     assert not (artifacts.root / "results").exists()
 
 
+async def test_dispatcher_fails_a_job_whose_stored_params_the_model_refuses(
+    live_store: JobStore, artifacts: ArtifactStore, dispatchers: list[Dispatcher]
+) -> None:
+    model = FakeModel()
+    await _start(dispatchers, live_store, artifacts, model)
+    (job,) = (await live_store.submit(AGENT_A, new_job(params={"num_inference_steps": 0}))).jobs
+
+    failed = await wait_for_status(live_store, AGENT_A, job.id, ["failed"])
+
+    assert (failed.error_code, failed.retryable) == ("invalid_request", False)
+    assert failed.error_message == "num_inference_steps must be between 1 and 200, got 0"
+    assert model.calls == []  # refused before it reached the model
+
+
 async def test_dispatcher_requeues_a_job_whose_model_replica_died(
     live_store: JobStore, artifacts: ArtifactStore, dispatchers: list[Dispatcher]
 ) -> None:
