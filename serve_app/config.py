@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.contract import DEFAULT_MAX_FACES, MAX_FACES_LIMIT, RemoveBackground
+from deployments.contract import DEFAULT_MAX_FACES, MAX_FACES_LIMIT, MeshOptions, RemoveBackground
 from deployments.hunyuan3d.params import recommended_params
 from serve_app.auth.settings import AuthSettings
 
@@ -83,6 +83,11 @@ class DefaultParams(BaseModel):
         "auto", description="`auto`: remove the background of images without a meaningful alpha; `always`; `never`."
     )
 
+    @model_validator(mode="after")
+    def _mesh_defaults(self) -> DefaultParams:
+        MeshOptions(self.max_faces, self.remove_floaters)  # refuses a budget no job could use, naming it
+        return self
+
     def for_model(self, variant: str) -> dict[str, Any]:
         """Every default a job gets, the model's own where this config leaves them null."""
         recommended = recommended_params(variant)
@@ -113,8 +118,8 @@ class JobSettings(BaseModel):
     max_attempts: int = Field(
         3,
         ge=1,
-        description="Runs of one job before it fails with `worker_lost` because its worker or model replica "
-        "kept vanishing.",
+        description="Runs of one job before it fails because its worker (`worker_lost`) or model replica "
+        "(`model_unavailable`) kept vanishing.",
     )
     idempotency_ttl_s: float = Field(24 * 3600.0, gt=0, description="How long `Idempotency-Key`s are remembered.")
     idempotency_pending_timeout_s: float = Field(

@@ -106,7 +106,7 @@ def test_split_job_params_separates_pass_cleanup_and_background():
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"max_faces": 10}, "max_faces must be 0 .no reduction. or between 1000"),
+        ({"max_faces": 10}, r"max_faces must be 0 \(no reduction\) or between 1000"),
         ({"max_faces": True}, "max_faces must be an integer"),
         ({"remove_floaters": 1}, "remove_floaters must be true or false"),
         ({"remove_background": "maybe"}, "remove_background must be one of"),

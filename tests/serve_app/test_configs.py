@@ -44,3 +44,12 @@ def test_production_example_never_creates_keys():
     app = yaml.safe_load((REPO / "configs" / "cluster.example.yaml").read_text())["applications"][0]
     args = OrfeasArgs.model_validate(app["args"])
     assert args.app.mode == "production" and args.app.database_url.startswith("postgresql+asyncpg://")
+
+
+def test_config_refuses_a_default_face_budget_no_job_could_use():
+    from pydantic import ValidationError
+
+    from serve_app.config import DefaultParams
+
+    with pytest.raises(ValidationError, match=r"max_faces must be 0 \(no reduction\) or between 1000"):
+        DefaultParams(max_faces=500)
