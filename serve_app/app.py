@@ -26,7 +26,7 @@ logger = logging.getLogger("ray.serve")
 class OrfeasArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    app: AppConfig = AppConfig()
+    app: AppConfig  # required: at least `mode`
     generator: GeneratorConfig = GeneratorConfig()
 
 

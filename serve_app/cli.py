@@ -51,7 +51,7 @@ def run_keys(args: argparse.Namespace) -> int:
     from serve_app.auth.settings import AuthSettings
     from serve_app.config import AppConfig
 
-    config = AppConfig(data_dir=args.data_dir, database_url=args.database_url)
+    config = AppConfig(mode="production", data_dir=args.data_dir, database_url=args.database_url)
     key_file = args.master_key_file
     if key_file is None and not os.environ.get(AuthSettings().master_key_env) and config.dev_master_key_file.exists():
         key_file = config.dev_master_key_file

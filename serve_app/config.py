@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from deployments.contract import DEFAULT_MAX_FACES, MAX_FACES_LIMIT, MeshOptions, RemoveBackground
 from deployments.hunyuan3d.params import recommended_params
 from serve_app.auth.settings import AuthSettings
+from serve_app.quotas import QuotaSettings
+from serve_app.retention import RetentionSettings
 
 
 class ApiLimits(BaseModel):
@@ -177,10 +179,11 @@ class StreamSettings(BaseModel):
 class AppConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # No default: a config that forgets its mode must not start as `dev` (which creates keys).
     mode: Literal["dev", "production"] = Field(
-        "dev",
-        description="`dev` (the embedded default) creates a master key file and a development agent key on "
-        "first start; `production` never creates keys.",
+        description="Required. `dev` (the embedded default) creates a master key file and a development agent "
+        "key on first start; `production` never creates keys and needs the master key from a file or the "
+        'environment (docs/operations.md, "Master key").',
     )
     data_dir: Path = Field(
         Path(".orfeas"),
@@ -209,6 +212,12 @@ class AppConfig(BaseModel):
     jobs: JobSettings = Field(JobSettings(), description="The queue, the job store and the job workers.")
     streams: StreamSettings = Field(StreamSettings(), description="Event streams and `?wait=` long-polls.")
     auth: AuthSettings = Field(AuthSettings(), description="Request signing, allowlists, rate limits, master key.")
+    quotas: QuotaSettings = Field(
+        QuotaSettings(), description="Per-agent limits: queued jobs, event streams, long-polls."
+    )
+    retention: RetentionSettings = Field(
+        RetentionSettings(), description="How long inputs, results and the audit log are kept."
+    )
 
     @property
     def job_defaults(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,17 +22,39 @@ from serve_app.config import AppConfig
 logger = logging.getLogger("orfeas.dev")
 
 DEV_AGENT = "dev-agent"
-DEV_SCOPES = ("jobs:read", "jobs:write", "jobs:critical")
+# Least privilege even in dev: critical priority (jumping the queue) needs a key made for it.
+DEV_SCOPES = ("jobs:read", "jobs:write")
+
+
+def _private_temp(path: Path, text: str) -> Path:
+    """A new file beside ``path`` holding ``text``: mkstemp opens it O_EXCL with mode 0600, so nobody else
+    can have created, linked or read it first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return Path(temp)
 
 
 def write_private(path: Path, text: str) -> None:
-    """Create or replace ``path`` readable by the owner only (never world-readable, not even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(temp, path)
+    """Create or replace ``path``, readable by the owner only (never world-readable, not even briefly)."""
+    os.replace(_private_temp(path, text), path)
+
+
+def create_private(path: Path, text: str) -> bool:
+    """Create ``path`` (mode 0600) holding ``text`` unless it exists; False if it did.
+
+    ``link`` is the atomic create-if-absent: the ingress and the workers start together in dev mode, and a
+    reader must never see a half-written master key.
+    """
+    temp = _private_temp(path, text)
+    try:
+        os.link(temp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        temp.unlink()
 
 
 async def prepare_dev_mode(config: AppConfig, engine: AsyncEngine) -> AppConfig:
@@ -39,8 +62,7 @@ async def prepare_dev_mode(config: AppConfig, engine: AsyncEngine) -> AppConfig:
     auth = config.auth
     if auth.master_key_file is None and not os.environ.get(auth.master_key_env):
         key_file = config.dev_master_key_file
-        if not key_file.exists():
-            write_private(key_file, generate_master_key())
+        if create_private(key_file, generate_master_key()):
             logger.warning("dev mode: created master key %s (production reads it from the environment)", key_file)
         config = config.model_copy(update={"auth": auth.model_copy(update={"master_key_file": key_file})})
     keys = KeyStore(engine, load_master_key(config.auth), env="dev")

@@ -68,8 +68,8 @@ def test_agent_cli_submit_wait_downloads_each_mesh(live_api, capsys, images, tmp
 
 
 def test_agent_cli_submit_without_wait_prints_queued_jobs(paused_live_api, capsys, images):
-    status, results, _ = run_cli(capsys, paused_live_api, "submit", str(images[0]), "--priority", "critical")
-    assert status == 0 and results[0]["job"]["status"] == "queued" and results[0]["job"]["priority"] == "critical"
+    status, results, _ = run_cli(capsys, paused_live_api, "submit", str(images[0]))
+    assert status == 0 and results[0]["job"]["status"] == "queued" and results[0]["job"]["priority"] == "normal"
     assert "file" not in results[0]
 
 

@@ -61,8 +61,8 @@ def test_client_submit_wait_download_every_format(client: AgentClient, tmp_path:
 
 def test_client_submit_accepts_bytes_and_pil_images(client: AgentClient):
     from_bytes = client.submit(png_bytes(), seed=1)
-    from_pil = client.submit(Image.open(io.BytesIO(png_bytes())), seed=2, priority="critical")
-    assert from_bytes["seed"] == 1 and from_pil["priority"] == "critical"
+    from_pil = client.submit(Image.open(io.BytesIO(png_bytes())), seed=2)
+    assert from_bytes["seed"] == 1 and from_pil["seed"] == 2
     with pytest.raises(TypeError, match="path, bytes or a PIL image"):
         image_base64(42)
 
@@ -173,6 +173,9 @@ def test_client_critical_priority_needs_its_scope(live_api: LiveApi):
             client.submit(png_bytes(), priority="critical")
         assert (caught.value.status, caught.value.code) == (403, "scope_denied")
         assert client.submit(png_bytes())["status"] == "queued"
+    key_id, secret = live_api.new_key("urgent-agent", ("jobs:read", "jobs:write", "jobs:critical"))
+    with AgentClient(live_api.url, key_id, secret) as client:
+        assert client.submit(png_bytes(), priority="critical")["priority"] == "critical"
 
 
 def test_client_capabilities_report_limits(client: AgentClient):

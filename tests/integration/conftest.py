@@ -53,6 +53,7 @@ def deploy(ray_session: str, data_dir: Path, **app_overrides) -> LiveApp:
     from serve_app.worker import JobWorker
 
     config = AppConfig(
+        mode="dev",
         data_dir=data_dir,
         defaults={"num_inference_steps": 3, "octree_resolution": 48, **app_overrides.pop("defaults", {})},
         jobs={"dispatcher_concurrency": 8, "poll_interval_s": 0.2, **app_overrides.pop("jobs", {})},

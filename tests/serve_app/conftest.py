@@ -81,6 +81,7 @@ def _client(transport: httpx.AsyncBaseTransport, signer: AgentSigner) -> httpx.A
 
 async def start_api(tmp_path: Path, *, dispatcher: bool = True, **overrides) -> Api:
     config = AppConfig(
+        mode="dev",
         data_dir=tmp_path / "data",
         jobs=JobSettings(poll_interval_s=0.05, **overrides.pop("jobs", {})),
         **overrides,

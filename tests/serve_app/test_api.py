@@ -125,7 +125,10 @@ async def test_api_critical_priority_needs_its_scope(api):
     limited = await api.client_for("plain-agent")
     response = await limited.post("/api/agent/jobs", json={**JOB, "priority": "critical"})
     assert response.status_code == 403
-    assert (await api.client.post("/api/agent/jobs", json={**JOB, "priority": "critical"})).status_code == 202
+    # the dev key has no critical scope either (it gets jobs:read and jobs:write only)
+    assert (await api.client.post("/api/agent/jobs", json={**JOB, "priority": "critical"})).status_code == 403
+    urgent = await api.client_for("urgent-agent", scopes=("jobs:read", "jobs:write", "jobs:critical"))
+    assert (await urgent.post("/api/agent/jobs", json={**JOB, "priority": "critical"})).status_code == 202
 
 
 async def test_api_wait_long_polls_until_done(api):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from deployments.generator_config import BatchingConfig
 from serve_app.app import OrfeasArgs
@@ -53,3 +54,11 @@ def test_config_refuses_a_default_face_budget_no_job_could_use():
 
     with pytest.raises(ValidationError, match=r"max_faces must be 0 \(no reduction\) or between 1000"):
         DefaultParams(max_faces=500)
+
+
+def test_a_config_without_mode_does_not_start_as_dev():
+    # fail closed: forgetting `mode` must not silently create keys with every scope
+    with pytest.raises(ValidationError, match="mode"):
+        OrfeasArgs.model_validate({"app": {"data_dir": "/tmp/x"}})
+    with pytest.raises(ValidationError, match="app"):
+        OrfeasArgs.model_validate({})
