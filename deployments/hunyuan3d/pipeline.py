@@ -80,6 +80,20 @@ def make_scheduler(scheduler: SchedulerConfig, num_inference_steps: int, device:
     return sched
 
 
+def steps_that_move(scheduler: Any) -> int:
+    """How many leading steps of ``scheduler`` change the latents.
+
+    Trailing steps with ``sigma_next == sigma`` are Euler updates of length zero (the official 50-step schedule
+    ends with one: linspace(0, 1) reaches 1.0 and the terminal sigma is 1.0 too): skipping them saves a full
+    DiT pass each and leaves the latents bit-identical.
+    """
+    sigmas = scheduler.sigmas
+    steps = len(scheduler.timesteps)
+    while steps > 0 and bool(sigmas[steps] == sigmas[steps - 1]):
+        steps -= 1
+    return steps
+
+
 class ShapePipeline:
     def __init__(
         self,
@@ -210,7 +224,7 @@ class ShapePipeline:
             if not self.config.uses_cfg:
                 guidance = torch.full((batch,), params.guidance_scale, device=self.device, dtype=self.dtype)
             train_steps = self.config.scheduler.num_train_timesteps
-            for t in scheduler.timesteps:
+            for t in scheduler.timesteps[: steps_that_move(scheduler)]:
                 model_input = torch.cat([latents, latents]) if self.config.uses_cfg else latents
                 t_model = t.expand(model_input.shape[0]).to(latents.dtype) / train_steps
                 velocity = self.dit(model_input, t_model, cond, guidance)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from deployments.hunyuan3d import EmptyImageError, GenerationParams, ShapePipeline, StageTimings
 from deployments.hunyuan3d.config import SchedulerConfig
-from deployments.hunyuan3d.pipeline import STAGES, flow_sigmas, make_scheduler
+from deployments.hunyuan3d.pipeline import STAGES, flow_sigmas, make_scheduler, steps_that_move
 
 from .conftest import TINY_MODELS
 
@@ -104,3 +104,40 @@ def test_turbo_sigmas_follow_the_consistency_grid():
     sigmas = flow_sigmas(SchedulerConfig(kind="consistency_flow_match_euler"), 5)
     assert sigmas[0] == 0.0 and len(sigmas) == 5
     assert np.all(np.diff(sigmas) > 0)
+
+
+def test_steps_that_move_drops_only_the_trailing_zero_length_step():
+    assert steps_that_move(make_scheduler(SchedulerConfig(), 5, torch.device("cpu"))) == 4
+    assert steps_that_move(make_scheduler(SchedulerConfig(), 2, torch.device("cpu"))) == 1
+    assert steps_that_move(make_scheduler(SchedulerConfig(), 1, torch.device("cpu"))) == 1  # 0 -> 1 at once
+    turbo = make_scheduler(SchedulerConfig(kind="consistency_flow_match_euler"), 5, torch.device("cpu"))
+    assert steps_that_move(turbo) == 5  # the consistency grid ends below 1.0: every step moves
+
+
+def _full_schedule_latents(pipe, pixels, seeds, params):
+    """The sampler as the official code runs it: every step, the zero-length last one included."""
+    with torch.inference_mode():
+        cond = pipe.conditioner(pixels)
+        cond = torch.cat([cond, pipe.conditioner.unconditional(len(seeds))], dim=0)
+        scheduler = make_scheduler(pipe.config.scheduler, params.num_inference_steps, pipe.device)
+        latents = pipe.initial_noise(seeds)
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents, latents])
+            velocity = pipe.dit(model_input, t.expand(model_input.shape[0]) / 1000, cond, None)
+            v_cond, v_uncond = velocity.chunk(2)
+            latents = scheduler.step(v_uncond + params.guidance_scale * (v_cond - v_uncond), t, latents).prev_sample
+    return latents
+
+
+def test_sample_skips_the_zero_step_with_identical_latents(tiny_cfg_pipeline, test_images):
+    pipe = tiny_cfg_pipeline
+    params = GenerationParams(num_inference_steps=4, octree_resolution=32)
+    pixels = pipe.preprocess(test_images[:2])
+    calls = []
+    hook = pipe.dit.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        latents = pipe.sample(pixels, [1, 2], params)
+    finally:
+        hook.remove()
+    assert len(calls) == 3  # 4 steps, the last of length zero
+    assert torch.equal(latents, _full_schedule_latents(pipe, pixels, [1, 2], params))
