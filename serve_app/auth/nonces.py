@@ -7,12 +7,15 @@ caller refuses the request (fail closed).
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, String, delete, insert
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from dataclasses import dataclass
+
+from sqlalchemy import BigInteger, String, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from serve_app.db import Base
+from serve_app.auth.ratelimit import FailureRow, failure_subject
+from serve_app.db import Base, is_sqlite
 
 
 class NonceRow(Base):
@@ -24,20 +27,47 @@ class NonceRow(Base):
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
+@dataclass(frozen=True)
+class Admission:
+    """The last store step of a verified request: was its nonce new, and is its client blocked?"""
+
+    fresh: bool
+    blocked_until: float | None  # the client's block in ``auth_failures``, None without a row
+
+
 class NonceStore:
     """Insert-once store of nonces; ``purge_expired`` deletes rows that can no longer matter."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._insert = (sqlite.insert if is_sqlite(str(engine.url)) else postgresql.insert)(NonceRow)
+
+    async def _remember(self, conn: AsyncConnection, key_id: str, nonce: str, expires_at: int) -> bool:
+        # ON CONFLICT DO NOTHING rather than catching the IntegrityError: on Postgres a failed statement
+        # aborts the whole transaction, and the block read below shares it.
+        result = await conn.execute(
+            self._insert.values(key_id=key_id, nonce=nonce, expires_at=expires_at).on_conflict_do_nothing()
+        )
+        return result.rowcount == 1
 
     async def remember(self, key_id: str, nonce: str, *, expires_at: int) -> bool:
         """True if the nonce is new for this key (and is now recorded); False if it was seen: a replay."""
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(insert(NonceRow).values(key_id=key_id, nonce=nonce, expires_at=expires_at))
-        except IntegrityError:
-            return False
-        return True
+        async with self._engine.begin() as conn:
+            return await self._remember(conn, key_id, nonce, expires_at)
+
+    async def admit(self, key_id: str, nonce: str, *, expires_at: int, client: str) -> Admission:
+        """Record the nonce and read ``client``'s failure block in one transaction: the only store round
+        trip of a signed request whose key is cached.
+
+        The insert comes first so that SQLite takes its write lock at once: a read-then-write transaction
+        in WAL mode fails with SQLITE_BUSY, instead of waiting, when another writer committed in between.
+        """
+        async with self._engine.begin() as conn:
+            fresh = await self._remember(conn, key_id, nonce, expires_at)
+            blocked_until = await conn.scalar(
+                select(FailureRow.blocked_until).where(FailureRow.subject == failure_subject(client))
+            )
+        return Admission(fresh=fresh, blocked_until=blocked_until)
 
     async def purge_expired(self, now: float) -> int:
         """Delete nonces whose signatures expired before ``now``; returns how many."""
