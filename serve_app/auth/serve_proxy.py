@@ -22,7 +22,7 @@ from collections.abc import Mapping
 FORWARDED_ALLOW_IPS = "FORWARDED_ALLOW_IPS"
 
 FIX = (
-    "start Serve with `controller_options: {runtime_env: {env_vars: {FORWARDED_ALLOW_IPS: \"\"}}}` in the "
+    'start Serve with `controller_options: {runtime_env: {env_vars: {FORWARDED_ALLOW_IPS: ""}}}` in the '
     "Serve config (or FORWARDED_ALLOW_IPS= in the environment of `ray start` / `serve run`), and list "
     "load balancers in `auth.trusted_proxies` instead"
 )
