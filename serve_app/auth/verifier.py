@@ -317,12 +317,11 @@ class RequestVerifier:
         return candidate
 
     async def verify(self, candidate: Candidate, body: Body, client: str, now: float) -> Principal | Denial:
-        """Steps 6-8 for a candidate whose body arrived within the limits."""
+        """Steps 7, 6 and 8 (in that order) for a candidate whose body arrived within the limits."""
         request, sig, key = candidate.request, candidate.signature, candidate.key
-        # 6. body digest, from the hash taken while the body arrived
-        if not hmac.compare_digest(sig.content_sha256, body.sha256):
-            return candidate.refuse("digest_mismatch", "sha-256 of the body differs from Content-Digest")
-        # 7. signature over the base rebuilt from server values (the digest is ours to check, done above)
+        # 7. signature over the base rebuilt from server values, BEFORE the digest (profile step 6): the
+        # HMAC covers the Content-Digest header, not the body, and checking it first keeps a caller
+        # without the secret from telling a real key (digest_mismatch) from a made-up one (bad_signature)
         query = f"?{request.raw_query}" if request.raw_query else ""
         url = f"{request.scheme}://{request.authority}{request.raw_path}{query}"
         signed = _Message(request.method, url, _HeaderLines(request.headers))
@@ -336,6 +335,9 @@ class RequestVerifier:
             )
         except HTTPMessageSignaturesException as exc:
             return candidate.refuse("bad_signature", str(exc) or type(exc).__name__)
+        # 6. body digest, from the hash taken while the body arrived (no second pass over the body)
+        if not hmac.compare_digest(sig.content_sha256, body.sha256):
+            return candidate.refuse("digest_mismatch", "sha-256 of the body differs from Content-Digest")
         # 8. nonce, only now that the HMAC is proven (unsigned junk must not fill the store), and the
         # client's block as the database has it, in the same transaction
         admission = await self.nonces.admit(

@@ -316,3 +316,21 @@ async def test_preauth_cold_key_costs_one_more_query(
         traffic = StoreTraffic(engine)
         assert (await client.get("/api/agent/jobs/job_1")).status_code == 200
     assert (traffic.statements, traffic.transactions) == (["SELECT", "INSERT", "SELECT"], 2)
+
+
+async def test_preauth_wrong_digest_for_a_real_key_answers_like_a_made_up_key(
+    engine: AsyncEngine, master_key: Secret, agent_key: KeyMaterial, auth_log: AuthLog
+) -> None:
+    """Without the secret, a mismatching Content-Digest must not reveal that the key exists: the HMAC is
+    checked first, so both get bad_signature."""
+    app = build_app(engine, master_key)
+    wrong_secret = base64.b64encode(bytes(32)).decode()
+    statuses = []
+    for signer in (AgentSigner(agent_key.info.key_id, wrong_secret), AgentSigner("ak_live_0000", wrong_secret)):
+        scope = signed_post(signer, body=b"{}")
+        upload = Upload(rest=b'{"other":"body"}')
+        upload.finish()
+        await app(scope, upload.receive, upload.send)
+        statuses.append((upload.status, upload.json()["code"]))
+    assert statuses == [(401, "bad_signature"), (401, "bad_signature")]
+    assert auth_log.reasons() == ["bad_signature", "unknown_key"]
