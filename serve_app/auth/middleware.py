@@ -7,7 +7,8 @@ Per protected request, in this order (``RequestVerifier`` decides each step):
 2. Content-Length against the body limit (413 without reading), then steps 2-5 from the headers alone:
    signature format, window, key (cached), key CIDRs; nothing else is read for a request failing them;
 3. receive the body under ONE deadline and the size limit, hashing it as it arrives (408 / 413);
-4. steps 6-8: digest, HMAC, then nonce and the client's block in one store transaction;
+4. steps 6-8: HMAC, then the digest (from the hash taken on arrival), then nonce and the client's block
+   in one store transaction;
 
 then call the app with the principal in ``scope["state"]`` and the body replayed unchanged. Every
 decision is logged exactly once; refusals count toward the client's failure rate limit (never a key's).
@@ -187,7 +188,7 @@ class AgentAuthMiddleware:
             return deny("body_timeout", message=f"The request body did not arrive within {timeout_s:g} s.")
         if isinstance(checked, Denial):
             return checked
-        # 6-8. digest, HMAC, nonce and the client's block
+        # 6-8. HMAC, digest, nonce and the client's block
         outcome = await self.verifier.verify(checked, body, client, now)
         return outcome if isinstance(outcome, Denial) else (outcome, body.data)
 
