@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, String, delete, select
+from sqlalchemy import BigInteger, String, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
@@ -40,14 +40,19 @@ class NonceStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._insert = (sqlite.insert if is_sqlite(str(engine.url)) else postgresql.insert)(NonceRow)
+        insert = sqlite.insert if is_sqlite(str(engine.url)) else postgresql.insert
+        # Built once: these run on every signed request. ON CONFLICT DO NOTHING rather than catching the
+        # IntegrityError: on Postgres a failed statement aborts the whole transaction, and the block read
+        # in ``admit`` shares it.
+        self._insert_nonce = (
+            insert(NonceRow)
+            .values(key_id=bindparam("key_id"), nonce=bindparam("nonce"), expires_at=bindparam("expires_at"))
+            .on_conflict_do_nothing()
+        )
+        self._read_block = select(FailureRow.blocked_until).where(FailureRow.subject == bindparam("subject"))
 
     async def _remember(self, conn: AsyncConnection, key_id: str, nonce: str, expires_at: int) -> bool:
-        # ON CONFLICT DO NOTHING rather than catching the IntegrityError: on Postgres a failed statement
-        # aborts the whole transaction, and the block read below shares it.
-        result = await conn.execute(
-            self._insert.values(key_id=key_id, nonce=nonce, expires_at=expires_at).on_conflict_do_nothing()
-        )
+        result = await conn.execute(self._insert_nonce, {"key_id": key_id, "nonce": nonce, "expires_at": expires_at})
         return result.rowcount == 1
 
     async def remember(self, key_id: str, nonce: str, *, expires_at: int) -> bool:
@@ -64,9 +69,7 @@ class NonceStore:
         """
         async with self._engine.begin() as conn:
             fresh = await self._remember(conn, key_id, nonce, expires_at)
-            blocked_until = await conn.scalar(
-                select(FailureRow.blocked_until).where(FailureRow.subject == failure_subject(client))
-            )
+            blocked_until = await conn.scalar(self._read_block, {"subject": failure_subject(client)})
         return Admission(fresh=fresh, blocked_until=blocked_until)
 
     async def purge_expired(self, now: float) -> int:
