@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import BigInteger, String, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
 from serve_app.auth.ratelimit import FailureRow, failure_subject
@@ -32,7 +32,7 @@ class Admission:
     """The last store step of a verified request: was its nonce new, and is its client blocked?"""
 
     fresh: bool
-    blocked_until: float | None  # the client's block in ``auth_failures``, None without a row
+    blocked_until: float | None  # the client's block in ``auth_failures``; None without a row, or for a replay
 
 
 class NonceStore:
@@ -41,36 +41,34 @@ class NonceStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         insert = sqlite.insert if is_sqlite(str(engine.url)) else postgresql.insert
-        # Built once: these run on every signed request. ON CONFLICT DO NOTHING rather than catching the
-        # IntegrityError: on Postgres a failed statement aborts the whole transaction, and the block read
-        # in ``admit`` shares it.
+        # Built once: it runs on every signed request. ON CONFLICT DO NOTHING rather than catching the
+        # IntegrityError: on Postgres a failed statement aborts its transaction.
         self._insert_nonce = (
             insert(NonceRow)
             .values(key_id=bindparam("key_id"), nonce=bindparam("nonce"), expires_at=bindparam("expires_at"))
             .on_conflict_do_nothing()
         )
-        self._read_block = select(FailureRow.blocked_until).where(FailureRow.subject == bindparam("subject"))
-
-    async def _remember(self, conn: AsyncConnection, key_id: str, nonce: str, expires_at: int) -> bool:
-        result = await conn.execute(self._insert_nonce, {"key_id": key_id, "nonce": nonce, "expires_at": expires_at})
-        return result.rowcount == 1
+        # ... and the same insert reading the client's block (a scalar subquery in RETURNING, SQLite >= 3.35
+        # and Postgres): the whole store cost of a signed request whose key is cached is this one statement.
+        block = select(FailureRow.blocked_until).where(FailureRow.subject == bindparam("subject"))
+        self._admit = self._insert_nonce.returning(block.scalar_subquery())
 
     async def remember(self, key_id: str, nonce: str, *, expires_at: int) -> bool:
         """True if the nonce is new for this key (and is now recorded); False if it was seen: a replay."""
         async with self._engine.begin() as conn:
-            return await self._remember(conn, key_id, nonce, expires_at)
+            result = await conn.execute(
+                self._insert_nonce, {"key_id": key_id, "nonce": nonce, "expires_at": expires_at}
+            )
+        return result.rowcount == 1
 
     async def admit(self, key_id: str, nonce: str, *, expires_at: int, client: str) -> Admission:
-        """Record the nonce and read ``client``'s failure block in one transaction: the only store round
-        trip of a signed request whose key is cached.
+        """Record the nonce and read ``client``'s failure block, in one statement.
 
-        The insert comes first so that SQLite takes its write lock at once: a read-then-write transaction
-        in WAL mode fails with SQLITE_BUSY, instead of waiting, when another writer committed in between.
-        """
+        A replay inserts nothing and so returns no row: its block is not read (it is refused anyway)."""
+        params = {"key_id": key_id, "nonce": nonce, "expires_at": expires_at, "subject": failure_subject(client)}
         async with self._engine.begin() as conn:
-            fresh = await self._remember(conn, key_id, nonce, expires_at)
-            blocked_until = await conn.scalar(self._read_block, {"subject": failure_subject(client)})
-        return Admission(fresh=fresh, blocked_until=blocked_until)
+            row = (await conn.execute(self._admit, params)).one_or_none()
+        return Admission(fresh=row is not None, blocked_until=None if row is None else row[0])
 
     async def purge_expired(self, now: float) -> int:
         """Delete nonces whose signatures expired before ``now``; returns how many."""

@@ -7,7 +7,7 @@ digest, HMAC and nonce over the received body (steps 6-8). The HMAC itself is ch
 server saw it: method, the CONFIGURED authority with the raw path and raw query, and the header lines.
 
 Store round trips of a signed request: the key lookup (none while the key is cached) and one
-transaction that records the nonce and reads the client's failure block.
+statement that records the nonce and reads the client's failure block.
 """
 
 from __future__ import annotations
@@ -339,7 +339,7 @@ class RequestVerifier:
         if not hmac.compare_digest(sig.content_sha256, body.sha256):
             return candidate.refuse("digest_mismatch", "sha-256 of the body differs from Content-Digest")
         # 8. nonce, only now that the HMAC is proven (unsigned junk must not fill the store), and the
-        # client's block as the database has it, in the same transaction
+        # client's block as the database has it, in the same statement
         admission = await self.nonces.admit(
             sig.key_id, sig.nonce, expires_at=sig.expires + self.settings.future_skew_s, client=client
         )
