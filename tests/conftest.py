@@ -95,14 +95,23 @@ def ray_session() -> Iterator[str]:
     ``num_cpus: 0`` (a 2-core box would otherwise hang waiting for resources). Workers import the
     project from the driver's working directory, so run pytest from the repository root.
     Yields the base URL of Serve's HTTP proxy.
+
+    Serve starts the way serve_config.yaml does: its proxy trusts no X-Forwarded-For
+    (``FORWARDED_ALLOW_IPS=""`` in the controller's environment, inherited by proxy and replicas), or the
+    ingress refuses to start (serve_app.auth.serve_proxy).
     """
     import ray
     from ray import serve
 
+    from serve_app.auth.serve_proxy import FORWARDED_ALLOW_IPS
+
     ray.init(num_cpus=4, include_dashboard=False)
     # Serve's HTTP proxy on a free port, so tests never collide with a dev server on :8000
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port},
+        controller_options={"runtime_env": {"env_vars": {FORWARDED_ALLOW_IPS: ""}}},
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -2,6 +2,10 @@
 
 Secrets are 32 CSPRNG bytes, sealed with the master key before they reach the database and returned
 in clear exactly once, by :meth:`KeyStore.create` / :meth:`KeyStore.rotate`.
+
+Lookups of active keys may be cached for ``cache_ttl_s`` (the ingress does; the CLI does not): a signed
+request then costs no key query and no unsealing. A revocation or rotation through the same store drops
+the entries at once; one made by another process is seen within ``cache_ttl_s``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from serve_app.db import Base
 
 SECRET_BYTES = 32
 MAX_ACTIVE_KEYS_PER_AGENT = 2
+# Bound on cached keys: only active keys are cached, so made-up key ids cannot grow it.
+_MAX_CACHED_KEYS = 1024
 
 _AGENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
@@ -153,11 +159,14 @@ class KeyStore:
         *,
         env: str = "live",
         clock: Callable[[], float] = time.time,
+        cache_ttl_s: float = 0.0,
     ) -> None:
         self._engine = engine
         self._master_key = master_key
         self._env = _check(_ENV, env, "key id environment", "live")
         self._clock = clock
+        self._cache_ttl_s = cache_ttl_s
+        self._cache: dict[str, tuple[float, KeyLookup]] = {}  # key id -> (looked up at, active lookup)
 
     def _now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc)
@@ -237,8 +246,29 @@ class KeyStore:
         return [_info(row._mapping) for row in rows]
 
     async def lookup(self, key_id: str) -> KeyLookup:
-        """The key's status, with decrypted material when active (one query, no caching, so a revocation
-        takes effect on every replica at once)."""
+        """The key's status, with decrypted material when active: one query, or none while an active
+        lookup is cached (its expiry is still checked against the clock on every hit)."""
+        now = self._clock()
+        cached = self._cache.get(key_id)
+        if cached is not None:
+            looked_up_at, found = cached
+            info = found.info
+            if now - looked_up_at < self._cache_ttl_s and info is not None and info.status(self._now()) == "active":
+                return found
+            del self._cache[key_id]
+        found = await self._lookup(key_id)
+        if found.material is not None and self._cache_ttl_s > 0:
+            if len(self._cache) >= _MAX_CACHED_KEYS:
+                del self._cache[next(iter(self._cache))]  # the oldest entry
+            self._cache[key_id] = (now, found)
+        return found
+
+    def _forget(self, *, key_id: str | None = None, agent: str | None = None) -> None:
+        for cached_id, (_, found) in list(self._cache.items()):
+            if cached_id == key_id or (found.info is not None and found.info.agent == agent):
+                del self._cache[cached_id]
+
+    async def _lookup(self, key_id: str) -> KeyLookup:
         async with self._engine.connect() as conn:
             result = await conn.execute(select(AgentKeyRow.__table__).where(AgentKeyRow.key_id == key_id))
             found = result.one_or_none()
@@ -264,6 +294,7 @@ class KeyStore:
             )
             query = select(*_PUBLIC_COLUMNS).where(AgentKeyRow.key_id == key_id)
             found = (await conn.execute(query)).one_or_none()
+        self._forget(key_id=key_id)  # after the commit, so no lookup in between can cache the old state
         if found is None:
             raise KeyStoreError(f"no key {key_id!r}; list keys with `orfeas keys list`")
         return _info(found._mapping)
@@ -296,4 +327,5 @@ class KeyStore:
                         await conn.execute(
                             update(AgentKeyRow).where(AgentKeyRow.key_id == info.key_id).values(expires_at=deadline)
                         )
+        self._forget(agent=agent)  # the old keys' expiry moved forward
         return created

@@ -1,9 +1,17 @@
 """``AgentAuthMiddleware``: the pure ASGI middleware that guards ``/api/agent/*``.
 
-Per protected request: resolve the trusted client IP, run step 1 (allowlist, IP backoff), buffer the
-body under the size limit, run steps 2-8 (``RequestVerifier``), then call the app with the principal in
-``scope["state"]`` and the body replayed unchanged. Every decision is logged exactly once; refusals count
-toward the failure rate limits.
+Per protected request, in this order (``RequestVerifier`` decides each step):
+
+1. resolve the trusted client IP; global allowlist and a known failure block, without the store; take a
+   pending slot (per client and in total, held until the request is verified or refused);
+2. Content-Length against the body limit (413 without reading), then steps 2-5 from the headers alone:
+   signature format, window, key (cached), key CIDRs; nothing else is read for a request failing them;
+3. receive the body under ONE deadline and the size limit, hashing it as it arrives (408 / 413);
+4. steps 6-8: HMAC, then the digest (from the hash taken on arrival), then nonce and the client's block
+   in one store transaction;
+
+then call the app with the principal in ``scope["state"]`` and the body replayed unchanged. Every
+decision is logged exactly once; refusals count toward the client's failure rate limit (never a key's).
 
 Mount it inside the Starlette app (``Starlette(middleware=[...])``), so that :class:`ScopeDenied`
 raised by a handler reaches it before Starlette's error middleware turns it into a 500; put
@@ -24,10 +32,12 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.auth.audit import AuthDecision, log_decision
+from serve_app.auth.body import BodyTimeout, BodyTooLarge, ClientGone, declared_length, read_body
 from serve_app.auth.errors import error_response
 from serve_app.auth.keys import KeyStore
-from serve_app.auth.network import IPAddress, client_ip
+from serve_app.auth.network import IPAddress, client_ip, client_subject
 from serve_app.auth.nonces import NonceStore
+from serve_app.auth.pending import PendingSlots
 from serve_app.auth.principal import PRINCIPAL_STATE_KEY, Principal, ScopeDenied
 from serve_app.auth.ratelimit import FailureLimiter
 from serve_app.auth.request_id import request_id_of
@@ -37,19 +47,15 @@ from serve_app.auth.verifier import STORE_ERRORS, Denial, RequestVerifier, Signe
 
 _internal = logging.getLogger("orfeas.auth.internal")
 
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _ClientGone(Exception):
-    pass
+# Seconds a client is told to wait when the pending caps are full: slots free within a body deadline.
+_PENDING_RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
 class _Context:
     request_id: str
     client_ip: IPAddress | None
+    client: str | None  # the rate-limit subject of client_ip: the address, or an IPv6 client's /64
     method: str
     path: str
 
@@ -65,26 +71,7 @@ class _Context:
         )
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
-            raise _BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _signed_request(scope: Scope, settings: AuthSettings, body: bytes, address: IPAddress) -> SignedRequest:
+def _signed_request(scope: Scope, settings: AuthSettings, address: IPAddress) -> SignedRequest:
     headers = tuple((name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in scope["headers"])
     authority = settings.authority
     if authority is None:
@@ -103,7 +90,6 @@ def _signed_request(scope: Scope, settings: AuthSettings, body: bytes, address: 
         raw_path=path,
         raw_query=scope.get("query_string", b"").decode("latin-1"),
         headers=headers,
-        body=body,
         client_ip=address,
     )
 
@@ -124,6 +110,7 @@ class AgentAuthMiddleware:
         self.app = app
         self.settings = settings
         self.verifier = RequestVerifier(settings, keys, nonces, limiter)
+        self.pending = PendingSlots(per_client=settings.max_pending_per_ip, total=settings.max_pending_total)
         self.clock = clock
 
     def _protects(self, path: str) -> bool:
@@ -135,15 +122,17 @@ class AgentAuthMiddleware:
             await self.app(scope, receive, send)
             return
         now = self.clock()
+        address = client_ip(scope, self.settings.trusted_proxies)
         ctx = _Context(
             request_id=request_id_of(scope),
-            client_ip=client_ip(scope, self.settings.trusted_proxies),
+            client_ip=address,
+            client=None if address is None else client_subject(address),
             method=scope["method"],
             path=scope["path"],
         )
         try:
             outcome = await self._authenticate(scope, receive, ctx, now)
-        except _ClientGone:
+        except ClientGone:
             return  # nobody to answer and nothing decided
         except STORE_ERRORS as exc:
             _internal.warning("auth store failed: %s", type(exc).__name__)
@@ -160,19 +149,48 @@ class AgentAuthMiddleware:
     async def _authenticate(
         self, scope: Scope, receive: Receive, ctx: _Context, now: float
     ) -> Denial | tuple[Principal, bytes]:
-        # 1. trusted client IP -> global allowlist (and its failure backoff); body size limit
-        if ctx.client_ip is None:
+        # 1. trusted client IP -> global allowlist, known failure block; a pending slot
+        if ctx.client_ip is None or ctx.client is None:
             return deny("ip_denied", detail="client address unknown or unparseable")
-        denial = await self.verifier.check_client(ctx.client_ip, now)
+        denial = self.verifier.check_client(ctx.client_ip, ctx.client, now)
         if denial is not None:
             return denial
+        full = self.pending.acquire(ctx.client)
+        if full == "per_client":
+            return deny("too_many_pending", retry_after=_PENDING_RETRY_AFTER_S, detail="per-client pending cap")
+        if full == "total":
+            return deny("auth_busy", retry_after=_PENDING_RETRY_AFTER_S, detail="total pending cap")
         try:
-            body = await _read_body(scope, receive, self.settings.max_body_bytes)
-        except _BodyTooLarge:
-            return deny("body_too_large", message=f"Request body exceeds {self.settings.max_body_bytes} bytes.")
-        # 2-8. signature, window, key, key CIDRs, digest, HMAC, nonce
-        outcome = await self.verifier.verify(_signed_request(scope, self.settings, body, ctx.client_ip), now)
-        return outcome if isinstance(outcome, Denial) else (outcome, body)
+            return await self._verify(scope, receive, ctx.client_ip, ctx.client, now)
+        finally:
+            self.pending.release(ctx.client)
+
+    async def _verify(
+        self, scope: Scope, receive: Receive, address: IPAddress, client: str, now: float
+    ) -> Denial | tuple[Principal, bytes]:
+        limit = self.settings.max_body_bytes
+        too_large = deny("body_too_large", message=f"Request body exceeds {limit} bytes.")
+        declared = declared_length(scope)
+        if declared is not None and declared > limit:
+            return too_large
+        # 2-5. signature format, window, key, key CIDRs: from the headers, before any body byte
+        checked = await self.verifier.check_headers(_signed_request(scope, self.settings, address), now)
+        if isinstance(checked, Denial) and not checked.answers_like_bad_signature:
+            return checked
+        # Unknown, revoked and expired keys wait for the body like a real key would: refusing them at
+        # once would tell a prober which key ids exist by whether the server wants the body.
+        timeout_s = self.settings.body_timeout_s
+        try:
+            body = await read_body(receive, limit=limit, timeout_s=timeout_s)
+        except BodyTooLarge:
+            return too_large
+        except BodyTimeout:
+            return deny("body_timeout", message=f"The request body did not arrive within {timeout_s:g} s.")
+        if isinstance(checked, Denial):
+            return checked
+        # 6-8. HMAC, digest, nonce and the client's block
+        outcome = await self.verifier.verify(checked, body, client, now)
+        return outcome if isinstance(outcome, Denial) else (outcome, body.data)
 
     async def _refuse(
         self, ctx: _Context, denial: Denial, scope: Scope, receive: Receive, send: Send, now: float
@@ -190,12 +208,11 @@ class AgentAuthMiddleware:
         await response(scope, receive, send)
 
     async def _count_failure(self, ctx: _Context, denial: Denial, now: float) -> None:
-        # Per key only once the key is known to exist (step 4 on), so made-up key ids create no counters.
+        # Against the client only, never the key id (see ratelimit): strangers must not lock an agent out.
+        if ctx.client is None:
+            return
         try:
-            if ctx.client_ip is not None:
-                await self.verifier.limiter.record_failure("ip", str(ctx.client_ip), now)
-            if denial.key_known and denial.key_id is not None:
-                await self.verifier.limiter.record_failure("key", denial.key_id, now)
+            await self.verifier.limiter.record_failure(ctx.client, now)
         except STORE_ERRORS:
             # The request is refused anyway; a lost count must not turn a 401 into a 503.
             _internal.exception("recording an auth failure failed")
@@ -236,7 +253,6 @@ class AgentAuthMiddleware:
                 message=message,
                 key_id=principal.key_id,
                 agent=principal.agent,
-                key_known=True,
                 detail=exc.scope,
             )
             await self._refuse(ctx, denial, scope, receive, send, now)
@@ -257,7 +273,7 @@ def auth_middleware(
     return Middleware(
         AgentAuthMiddleware,
         settings=settings,
-        keys=KeyStore(engine, master_key),
+        keys=KeyStore(engine, master_key, cache_ttl_s=settings.key_cache_ttl_s),
         nonces=NonceStore(engine),
         limiter=FailureLimiter(engine, settings.rate_limit),
         clock=clock,

@@ -44,6 +44,17 @@ def parse_ip(text: str) -> IPAddress | None:
     return address
 
 
+def client_subject(address: IPAddress) -> str:
+    """What per-client limits count: an IPv4 address, or the /64 an IPv6 address lies in.
+
+    One IPv6 host usually holds a whole /64 (SLAAC, privacy addresses), so per-address limits would let it
+    rotate through 2**64 identities.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def ip_allowed(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
     return any(address in network for network in networks)
 
@@ -60,8 +71,10 @@ def forwarded_for(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
 def client_ip(scope: Mapping[str, Any], trusted_proxies: Iterable[IPNetwork]) -> IPAddress | None:
     """The address to trust for allowlists and rate limits, or None when it cannot be known.
 
-    X-Forwarded-For is honoured only when the TCP peer is a trusted proxy; then the right-most hop that
-    is not itself a trusted proxy is the client (hops to its left are whatever the client claimed).
+    ``scope["client"]`` must be the TCP peer: behind Ray Serve that needs the proxy's uvicorn to trust no
+    forwarding headers (``FORWARDED_ALLOW_IPS=""``, see :mod:`serve_app.auth.serve_proxy`). X-Forwarded-For
+    is honoured only when that peer is a trusted proxy; then the right-most hop that is not itself a
+    trusted proxy is the client (hops to its left are whatever the client claimed).
     """
     peer = scope.get("client")
     address = parse_ip(str(peer[0])) if peer else None

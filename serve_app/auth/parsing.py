@@ -38,6 +38,7 @@ class ParsedSignature:
     key_id: str
     nonce: str
     required_components: tuple[str, ...]  # what this request must cover, for the library's own check
+    content_sha256: bytes  # what Content-Digest claims; compared with the body's hash as it arrives
 
 
 def _parse_dictionary(value: str, **options: Any) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def _params(params: Mapping[str, Any]) -> tuple[int, int, str, str]:
     return created, expires, key_id, nonce
 
 
-def _content_digest(headers: Mapping[str, str], key_id: str) -> None:
+def _content_digest(headers: Mapping[str, str], key_id: str) -> bytes:
     if "content-digest" not in headers:
         raise SignatureFormatError(
             "Content-Digest (RFC 9530, sha-256) is required, also for empty bodies.", key_id=key_id
@@ -91,6 +92,7 @@ def _content_digest(headers: Mapping[str, str], key_id: str) -> None:
     sha256 = members.get("sha-256")
     if sha256 is None or not isinstance(sha256[0], bytes) or len(sha256[0]) != 32:
         raise SignatureFormatError("Content-Digest must carry a sha-256 member.", key_id=key_id)
+    return sha256[0]
 
 
 def parse_signature(headers: Mapping[str, str]) -> ParsedSignature:
@@ -115,5 +117,5 @@ def parse_signature(headers: Mapping[str, str]) -> ParsedSignature:
     uncovered = [name for name in required if name not in components]
     if uncovered:
         raise SignatureFormatError(f"The signature must also cover {uncovered}.", key_id=key_id)
-    _content_digest(headers, key_id)
-    return ParsedSignature(created, expires, key_id, nonce, required)
+    content_sha256 = _content_digest(headers, key_id)
+    return ParsedSignature(created, expires, key_id, nonce, required, content_sha256)

@@ -11,20 +11,22 @@ from serve_app.auth.profile import MAX_LIFETIME_S
 
 
 class RateLimitSettings(BaseModel):
-    """Failure backoff: ``max_failures_*`` refusals within ``window_s`` block the IP or key for a while.
+    """Failure backoff: ``max_failures_per_ip`` refusals within ``window_s`` block the client for a while.
 
-    The block lasts ``backoff_base_s * 2**k`` (capped at ``backoff_max_s``) for the k-th block in a row;
-    a subject that stays clean for ``forgive_after_s`` after its last block starts again at k = 0.
+    The subject is the client IP (an IPv6 client's /64). Key ids are not secret, so refusals never count
+    against a key: a stranger could otherwise lock a real agent out. The block lasts
+    ``backoff_base_s * 2**k`` (capped at ``backoff_max_s``) for the k-th block in a row; a subject that
+    stays clean for ``forgive_after_s`` after its last block starts again at k = 0.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     window_s: float = Field(60.0, gt=0, description="Refusals within this many seconds count toward a block.")
     max_failures_per_ip: int = Field(
-        20, ge=1, description="Refusals from one IP within `window_s` that block it (429 + `Retry-After`)."
-    )
-    max_failures_per_key: int = Field(
-        10, ge=1, description="Refusals for one key id within `window_s` that block it (429 + `Retry-After`)."
+        20,
+        ge=1,
+        description="Refusals from one client IP (IPv6: its /64) within `window_s` that block it (429 + "
+        "`Retry-After`). Refusals never count against a key id: key ids are not secret.",
     )
     backoff_base_s: float = Field(
         30.0, gt=0, description="Length of the first block; each further block in a row doubles it."
@@ -96,7 +98,39 @@ class AuthSettings(BaseModel):
         description="TCP peers whose `X-Forwarded-For` is believed (load balancers in front of the Serve proxy); "
         "the client is the right-most untrusted hop.",
     )
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=0, description="Larger bodies get 413 before any parsing.")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=0,
+        description="Larger bodies get 413: at once when `Content-Length` says so, else as soon as the stream "
+        "passes it.",
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Deadline for receiving the whole body of a protected request, after its headers passed the "
+        "signature checks (408 `body_timeout`). Serve's proxy lets clients disable its own timeout with "
+        "`X-Request-Timeout-Seconds: 0`; this one they cannot.",
+    )
+    max_pending_per_ip: int = Field(
+        16,
+        ge=1,
+        description="Requests from one client IP (IPv6: its /64) being authenticated at once in one ingress replica "
+        "(headers checked, body not yet verified); more get 429 `too_many_pending` + `Retry-After`.",
+    )
+    max_pending_total: int = Field(
+        128,
+        ge=1,
+        description="Requests being authenticated at once in one ingress replica, all clients together; more get "
+        "503 `auth_busy` + `Retry-After`. Keep it below the ingress's `max_ongoing_requests` so that "
+        "authenticated calls always find a slot.",
+    )
+    key_cache_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a replica reuses an active key it looked up; a revocation or rotation made by another "
+        "process (`orfeas keys`) takes effect within this bound (at once in the process that made it). 0 looks "
+        "the key up on every request.",
+    )
     rate_limit: RateLimitSettings = Field(RateLimitSettings(), description="Failure backoff per IP and per key.")
     purge_interval_s: float = Field(
         60.0, gt=0, description="How often (per process) expired nonces and stale failure counters are deleted."

@@ -1,20 +1,24 @@
 """The profile's server checks, in the profile's order, returning a principal or a reasoned refusal.
 
-ASGI concerns (paths, body buffering, responses, logging) live in ``middleware``; this module decides.
-The HMAC itself is checked by ``http_message_signatures.HTTPMessageVerifier`` over a small adapter that
-exposes the request as the server saw it: method, the CONFIGURED authority with the raw path and raw
-query, and the header lines.
+ASGI concerns (paths, body reading, responses, logging) live in ``middleware``; this module decides, in
+three stages: the client (no store access), the headers (steps 2-5, before any body byte is read), then
+digest, HMAC and nonce over the received body (steps 6-8). The HMAC itself is checked by
+``http_message_signatures.HTTPMessageVerifier`` over a small adapter that exposes the request as the
+server saw it: method, the CONFIGURED authority with the raw path and raw query, and the header lines.
+
+Store round trips of a signed request: the key lookup (none while the key is cached) and one
+statement that records the nonce and reads the client's failure block.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from http_message_signatures import (
-    ContentDigest,
     HTTPMessageSignaturesException,
     HTTPMessageVerifier,
     InvalidSignature,
@@ -24,19 +28,23 @@ from http_message_signatures import (
 from http_message_signatures.structures import get_header_fields
 from sqlalchemy.exc import SQLAlchemyError
 
+from serve_app.auth.body import Body
 from serve_app.auth.crypto import MasterKeyError
-from serve_app.auth.keys import KeyStore
+from serve_app.auth.keys import KeyMaterial, KeyStore
 from serve_app.auth.network import IPAddress, ip_allowed
 from serve_app.auth.nonces import NonceStore
-from serve_app.auth.parsing import SignatureFormatError, parse_signature
+from serve_app.auth.parsing import ParsedSignature, SignatureFormatError, parse_signature
 from serve_app.auth.principal import Principal
 from serve_app.auth.profile import TAG
-from serve_app.auth.ratelimit import FailureLimiter
+from serve_app.auth.ratelimit import FailureLimiter, seconds_left
 from serve_app.auth.settings import AuthSettings
 
 Reason = Literal[
     "ip_denied",
+    "too_many_pending",
+    "auth_busy",
     "body_too_large",
+    "body_timeout",
     "bad_format",
     "clock_skew",
     "expired",
@@ -61,7 +69,20 @@ _BAD_SIGNATURE = (401, "authentication_error", "bad_signature", "Signature verif
 # signature, so that probing cannot tell which key ids exist; only the log tells them apart.
 _RESPONSES: dict[Reason, tuple[int, str, str, str]] = {
     "ip_denied": (403, "permission_error", "ip_denied", "Requests from this address are not allowed."),
+    "too_many_pending": (
+        429,
+        "rate_limit_error",
+        "too_many_pending",
+        "Too many requests from this address are being authenticated at once; retry shortly.",
+    ),
+    "auth_busy": (
+        503,
+        "unavailable_error",
+        "auth_busy",
+        "Too many requests are being authenticated at once; retry shortly.",
+    ),
     "body_too_large": (413, "invalid_request_error", "body_too_large", "Request body is too large."),
+    "body_timeout": (408, "invalid_request_error", "body_timeout", "The request body did not arrive in time."),
     "bad_format": (400, "invalid_request_error", "bad_format", "Malformed request signature."),
     "clock_skew": (
         401,
@@ -101,9 +122,10 @@ _RESPONSES: dict[Reason, tuple[int, str, str, str]] = {
     ),
 }
 _LOOKUP_REASONS: dict[str, Reason] = {"unknown": "unknown_key", "revoked": "revoked_key", "expired": "expired_key"}
-_RETRYABLE: frozenset[Reason] = frozenset({"rate_limited", "store_error"})
-# Refusals that say nothing about the caller's credentials do not feed the failure counters.
-_NOT_COUNTED: frozenset[Reason] = frozenset({"rate_limited", "store_error"})
+_RETRYABLE: frozenset[Reason] = frozenset({"rate_limited", "store_error", "too_many_pending", "auth_busy"})
+# Refusals that say nothing about the caller's credentials do not feed the failure counters (and a
+# write per refused request would let a flood load the store).
+_NOT_COUNTED: frozenset[Reason] = frozenset({"rate_limited", "store_error", "too_many_pending", "auth_busy"})
 
 
 @dataclass(frozen=True)
@@ -119,9 +141,13 @@ class Denial:
     retry_after: int | None = None
     key_id: str | None = None
     agent: str | None = None
-    key_known: bool = False  # the key exists, so the refusal counts against its failure budget
-    counted: bool = True  # feeds the failure rate limits
+    counted: bool = True  # feeds the client's failure rate limit
     detail: str | None = None
+
+    @property
+    def answers_like_bad_signature(self) -> bool:
+        """Refusals that must be indistinguishable from a bad HMAC (unknown, revoked, expired keys)."""
+        return self.reason in _LOOKUP_REASONS.values()
 
 
 def deny(
@@ -148,7 +174,7 @@ def deny(
 
 @dataclass(frozen=True)
 class SignedRequest:
-    """The request as the server saw it; ``authority`` is the configured one (else the Host header)."""
+    """The request head as the server saw it; ``authority`` is the configured one (else the Host header)."""
 
     method: str
     scheme: str
@@ -156,8 +182,20 @@ class SignedRequest:
     raw_path: str
     raw_query: str
     headers: tuple[tuple[str, str], ...]  # lowercase names, latin-1 values, wire order
-    body: bytes
     client_ip: IPAddress
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A request whose headers passed steps 2-5: well-formed, in its window, for an active key that
+    allows the client. Only candidates have their body read for the HMAC."""
+
+    request: SignedRequest
+    signature: ParsedSignature
+    key: KeyMaterial
+
+    def refuse(self, reason: Reason, detail: str | None = None) -> Denial:
+        return deny(reason, key_id=self.signature.key_id, agent=self.key.info.agent, detail=detail)
 
 
 class _HeaderLines:
@@ -228,18 +266,21 @@ class RequestVerifier:
         self.limiter = limiter
         self._last_purge = float("-inf")
 
-    async def check_client(self, client_ip: IPAddress, now: float) -> Denial | None:
-        """Step 1: the trusted client IP against the global allowlist, then its failure backoff."""
+    def check_client(self, client_ip: IPAddress, client: str, now: float) -> Denial | None:
+        """Step 1, without the store: the global allowlist, then a failure block this process knows of.
+
+        ``client`` is the rate-limit subject of ``client_ip`` (``network.client_subject``). A block only
+        another replica has seen is caught in step 8, which reads the database."""
         if not ip_allowed(client_ip, self.settings.global_allowlist):
             # Not counted: these addresses are refused anyway, and counting would cost a write per request.
             return deny("ip_denied", counted=False, detail="not in the global allowlist")
-        retry_after = await self.limiter.retry_after("ip", str(client_ip), now)
+        retry_after = self.limiter.known_block(client, now)
         if retry_after is not None:
             return deny("rate_limited", retry_after=retry_after, detail="ip backoff")
         return None
 
-    async def verify(self, request: SignedRequest, now: float) -> Principal | Denial:
-        """Steps 2-8 for a request whose client passed step 1 and whose body is within the limit."""
+    async def check_headers(self, request: SignedRequest, now: float) -> Candidate | Denial:
+        """Steps 2-5 from the headers alone."""
         headers = get_header_fields(_HeaderLines(request.headers))
         # 2. strict parse
         try:
@@ -257,9 +298,6 @@ class RequestVerifier:
             return deny("bad_format", message=str(exc), key_id=exc.key_id, detail=str(exc))
         if request.authority is None:
             return deny("bad_format", message="A Host header is required.", key_id=sig.key_id, detail="no host")
-        retry_after = await self.limiter.retry_after("key", sig.key_id, now)
-        if retry_after is not None:
-            return deny("rate_limited", retry_after=retry_after, key_id=sig.key_id, detail="key backoff")
         # 3. window
         problem = window_problem(sig.created, sig.expires, now, self.settings)
         if problem is not None:
@@ -270,24 +308,22 @@ class RequestVerifier:
         lookup = await self.keys.lookup(sig.key_id)
         if lookup.material is None:
             agent = None if lookup.info is None else lookup.info.agent
-            return deny(_LOOKUP_REASONS[lookup.status], key_id=sig.key_id, agent=agent, key_known=agent is not None)
-        key = lookup.material
-
-        def refuse(reason: Reason, detail: str | None = None) -> Denial:
-            return deny(reason, key_id=sig.key_id, agent=key.info.agent, key_known=True, detail=detail)
-
+            return deny(_LOOKUP_REASONS[lookup.status], key_id=sig.key_id, agent=agent)
+        candidate = Candidate(request, sig, lookup.material)
         # 5. per-key IP allowlist
-        if key.info.cidrs and not ip_allowed(request.client_ip, key.info.cidrs):
-            return refuse("ip_denied", "not in the key's CIDR allowlist")
-        # 6. body digest
-        try:
-            ContentDigest.verify(headers["content-digest"], request.body)
-        except HTTPMessageSignaturesException as exc:
-            return refuse("digest_mismatch", str(exc))
-        # 7. signature over the base rebuilt from server values
-        authority = request.authority
+        cidrs = candidate.key.info.cidrs
+        if cidrs and not ip_allowed(request.client_ip, cidrs):
+            return candidate.refuse("ip_denied", "not in the key's CIDR allowlist")
+        return candidate
+
+    async def verify(self, candidate: Candidate, body: Body, client: str, now: float) -> Principal | Denial:
+        """Steps 7, 6 and 8 (in that order) for a candidate whose body arrived within the limits."""
+        request, sig, key = candidate.request, candidate.signature, candidate.key
+        # 7. signature over the base rebuilt from server values, BEFORE the digest (profile step 6): the
+        # HMAC covers the Content-Digest header, not the body, and checking it first keeps a caller
+        # without the secret from telling a real key (digest_mismatch) from a made-up one (bad_signature)
         query = f"?{request.raw_query}" if request.raw_query else ""
-        url = f"{request.scheme}://{authority}{request.raw_path}{query}"
+        url = f"{request.scheme}://{request.authority}{request.raw_path}{query}"
         signed = _Message(request.method, url, _HeaderLines(request.headers))
         verifier = _ProfileVerifier(secret=key.secret.reveal(), key_id=sig.key_id, settings=self.settings, now=now)
         try:
@@ -296,13 +332,23 @@ class RequestVerifier:
                 max_age=dt.timedelta(seconds=self.settings.max_age_s),
                 expect_tag=TAG,
                 require_components=sig.required_components,
-                body=request.body,
             )
         except HTTPMessageSignaturesException as exc:
-            return refuse("bad_signature", str(exc) or type(exc).__name__)
-        # 8. nonce, only now that the HMAC is proven (unsigned junk must not fill the store)
-        if not await self.nonces.remember(sig.key_id, sig.nonce, expires_at=sig.expires + self.settings.future_skew_s):
-            return refuse("replay")
+            return candidate.refuse("bad_signature", str(exc) or type(exc).__name__)
+        # 6. body digest, from the hash taken while the body arrived (no second pass over the body)
+        if not hmac.compare_digest(sig.content_sha256, body.sha256):
+            return candidate.refuse("digest_mismatch", "sha-256 of the body differs from Content-Digest")
+        # 8. nonce, only now that the HMAC is proven (unsigned junk must not fill the store), and the
+        # client's block as the database has it, in the same statement
+        admission = await self.nonces.admit(
+            sig.key_id, sig.nonce, expires_at=sig.expires + self.settings.future_skew_s, client=client
+        )
+        self.limiter.learn(client, admission.blocked_until, now)
+        retry_after = seconds_left(admission.blocked_until, now)
+        if retry_after is not None:
+            return deny("rate_limited", retry_after=retry_after, key_id=sig.key_id, detail="ip backoff")
+        if not admission.fresh:
+            return candidate.refuse("replay")
         await self._maybe_purge(now)
         return Principal(key_id=key.info.key_id, agent=key.info.agent, scopes=frozenset(key.info.scopes))
 

@@ -155,3 +155,66 @@ async def test_key_store_create_validates_input(key_store: KeyStore, kwargs: dic
     agent = options.pop("agent")
     with pytest.raises(KeyStoreError, match=message):
         await key_store.create(agent, **options)  # type: ignore[arg-type]
+
+
+# -- the lookup cache of the ingress ------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_key_store_cache_serves_active_key_without_a_query(any_engine: AsyncEngine, master_key: Secret) -> None:
+    clock = Clock()
+    cached = KeyStore(any_engine, master_key, clock=clock, cache_ttl_s=5)
+    created = await cached.create("render-bot", scopes=["jobs:read"])
+    assert (await cached.lookup(created.info.key_id)).material == created
+    async with any_engine.begin() as conn:
+        await conn.execute(text("DELETE FROM agent_keys"))  # only a cache hit can still find it
+    assert (await cached.lookup(created.info.key_id)).material == created
+    clock.now += 5
+    assert (await cached.lookup(created.info.key_id)).status == "unknown"
+
+
+async def test_key_store_cache_sees_revocation_by_another_process_within_ttl(
+    any_engine: AsyncEngine, master_key: Secret
+) -> None:
+    clock = Clock()
+    ingress = KeyStore(any_engine, master_key, clock=clock, cache_ttl_s=5)
+    cli = KeyStore(any_engine, master_key, clock=clock)
+    created = await cli.create("render-bot", scopes=["jobs:read"])
+    assert (await ingress.lookup(created.info.key_id)).status == "active"
+    await cli.revoke(created.info.key_id)
+    clock.now += 4.9
+    assert (await ingress.lookup(created.info.key_id)).status == "active"  # the stated bound: up to 5 s
+    clock.now += 0.1
+    assert (await ingress.lookup(created.info.key_id)).status == "revoked"
+
+
+async def test_key_store_cache_drops_keys_revoked_or_rotated_through_it(
+    any_engine: AsyncEngine, master_key: Secret
+) -> None:
+    clock = Clock()
+    store = KeyStore(any_engine, master_key, clock=clock, cache_ttl_s=3600)
+    revoked = await store.create("render-bot", scopes=["jobs:read"])
+    rotated = await store.create("other-bot", scopes=["jobs:read"])
+    for material in (revoked, rotated):
+        assert (await store.lookup(material.info.key_id)).status == "active"
+    await store.revoke(revoked.info.key_id)
+    await store.rotate("other-bot", old_key_grace=dt.timedelta(seconds=10))
+    assert (await store.lookup(revoked.info.key_id)).status == "revoked"
+    clock.now += 11
+    assert (await store.lookup(rotated.info.key_id)).status == "expired"
+
+
+async def test_key_store_cache_never_outlives_key_expiry(any_engine: AsyncEngine, master_key: Secret) -> None:
+    clock = Clock()
+    store = KeyStore(any_engine, master_key, clock=clock, cache_ttl_s=3600)
+    created = await store.create("render-bot", scopes=["jobs:read"], expires_in=dt.timedelta(seconds=30))
+    assert (await store.lookup(created.info.key_id)).status == "active"
+    clock.now += 30
+    assert (await store.lookup(created.info.key_id)).status == "expired"

@@ -3,6 +3,7 @@ right status and body, and logs exactly one decision line with the right reason.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import time
 from dataclasses import dataclass, field
@@ -94,6 +95,25 @@ def error(
 
 
 BAD_SIGNATURE = ("bad_signature", "Signature verification failed.")
+
+
+def raw_scope(request: httpx.Request, *, drop: tuple[str, ...] = (), add: tuple[tuple[bytes, bytes], ...] = ()) -> dict:
+    """The ASGI scope of a (signed) httpx request, for tests that drive the body message by message."""
+    headers = [(name.lower(), value) for name, value in request.headers.raw if name.lower().decode() not in drop]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": "http",
+        "path": request.url.path,
+        "raw_path": request.url.raw_path.split(b"?", 1)[0],
+        "query_string": request.url.query,
+        "root_path": "",
+        "headers": [*headers, *add],
+        "client": ("127.0.0.1", 123),
+        "server": ("testserver", 80),
+    }
 
 
 def assert_refused(
@@ -608,7 +628,7 @@ async def test_middleware_refuses_body_over_limit_by_content_length(
 
 
 async def test_middleware_refuses_streamed_body_over_limit(
-    engine: AsyncEngine, master_key: Secret, auth_log: AuthLog
+    engine: AsyncEngine, master_key: Secret, agent_key: KeyMaterial, auth_log: AuthLog
 ) -> None:
     """No Content-Length: the limit is enforced while the chunks arrive (raw ASGI, chunked upload)."""
     app = build_app(engine, master_key, AuthSettings(max_body_bytes=16))
@@ -621,20 +641,9 @@ async def test_middleware_refuses_streamed_body_over_limit(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/agent/jobs",
-        "raw_path": b"/api/agent/jobs",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"transfer-encoding", b"chunked")],
-        "client": ("127.0.0.1", 123),
-        "server": ("testserver", 80),
-    }
+    async with client_for(app) as client:
+        request = sign(client, signer_for(agent_key), POST_JOB)
+    scope = raw_scope(request, drop=("content-length",), add=((b"transfer-encoding", b"chunked"),))
     await app(scope, receive, send)
     assert sent[0]["status"] == 413
     assert auth_log.reasons() == ["body_too_large"]
@@ -721,29 +730,49 @@ async def test_middleware_backs_off_ip_after_failures(
     assert auth_log.reasons() == ["rate_limited", "ok"]
 
 
-async def test_middleware_backs_off_key_across_ips(
+async def test_middleware_never_blocks_key_for_strangers_bad_signatures(
     engine: AsyncEngine, master_key: Secret, agent_key: KeyMaterial, auth_log: AuthLog
 ) -> None:
-    settings = AuthSettings.model_validate({"rate_limit": {"max_failures_per_key": 2, "max_failures_per_ip": 100}})
+    """The lockout of issue 9: key ids are not secret, so wrong-secret requests from elsewhere block the
+    sender, never the key (same status and body for the stranger's unknown-key and bad-HMAC probes)."""
+    settings = AuthSettings.model_validate({"rate_limit": {"max_failures_per_ip": 3}})
     app = build_app(engine, master_key, settings)
-    statuses = []
-    for ip in ("198.51.100.1", "198.51.100.2"):
-        async with client_for(app, ip=ip) as client:
-            request = sign(client, signer_for(agent_key), POST_JOB)
-            statuses.append((await client.send(rebuild(request, content=b"{}"))).status_code)
+    impostor = AgentSigner(agent_key.info.key_id, base64.b64encode(bytes(32)).decode())
+    async with client_for(app, ip="198.51.100.7") as stranger:
+        refused = [(await stranger.send(sign(stranger, impostor, GET_JOB))) for _ in range(3)]
+        blocked = await stranger.send(sign(stranger, impostor, GET_JOB))
     auth_log.clear()
-    async with client_for(app, ip="198.51.100.3") as client:
-        blocked = await client.send(sign(client, signer_for(agent_key), POST_JOB))
-    assert statuses == [401, 401]
-    assert blocked.status_code == 429
-    assert blocked.headers["retry-after"] == "30"
-    assert [(line["reason"], line["key_id"]) for line in auth_log.lines()] == [("rate_limited", agent_key.info.key_id)]
+    async with client_for(app, ip="192.0.2.10") as agent:
+        accepted = [(await agent.send(sign(agent, signer_for(agent_key), GET_JOB))).status_code for _ in range(3)]
+    assert [response.status_code for response in refused] == [401, 401, 401]
+    assert refused[0].json() == error(*BAD_SIGNATURE, refused[0])
+    assert (blocked.status_code, blocked.headers["retry-after"]) == (429, "30")
+    assert accepted == [200, 200, 200]
+    assert auth_log.reasons() == ["ok", "ok", "ok"]
+
+
+async def test_middleware_counts_foreign_ip_and_replay_against_the_sender_only(
+    engine: AsyncEngine, master_key: Secret, key_store: KeyStore, auth_log: AuthLog
+) -> None:
+    material = await key_store.create("render-bot", scopes=["jobs:read"], cidrs=["192.0.2.0/24"])
+    settings = AuthSettings.model_validate({"rate_limit": {"max_failures_per_ip": 2}})
+    app = build_app(engine, master_key, settings)
+    async with client_for(app, ip="192.0.2.10") as agent, client_for(app, ip="203.0.113.9") as eavesdropper:
+        original = sign(agent, signer_for(material), GET_JOB)
+        assert (await agent.send(original)).status_code == 200
+        replayed = await eavesdropper.send(rebuild(original))  # a captured request, sent from elsewhere
+        foreign = await eavesdropper.send(sign(eavesdropper, signer_for(material), GET_JOB))
+        blocked = await eavesdropper.send(sign(eavesdropper, signer_for(material), GET_JOB))
+        still_ok = await agent.send(sign(agent, signer_for(material), GET_JOB))
+    assert (replayed.status_code, foreign.status_code, blocked.status_code) == (403, 403, 429)
+    assert still_ok.status_code == 200
+    assert auth_log.reasons() == ["ok", "ip_denied", "ip_denied", "rate_limited", "ok"]
 
 
 async def test_middleware_does_not_count_successes(
     engine: AsyncEngine, master_key: Secret, agent_key: KeyMaterial
 ) -> None:
-    settings = AuthSettings.model_validate({"rate_limit": {"max_failures_per_key": 1, "max_failures_per_ip": 1}})
+    settings = AuthSettings.model_validate({"rate_limit": {"max_failures_per_ip": 1}})
     app = build_app(engine, master_key, settings)
     async with client_for(app, auth=signer_for(agent_key)) as client:
         statuses = [(await client.get("/api/agent/jobs/job_1")).status_code for _ in range(5)]
@@ -897,7 +926,9 @@ async def test_middleware_logs_allowed_request_once_when_handler_fails(
     assert [(line["reason"], line["status"]) for line in auth_log.lines()] == [("ok", 500)]
 
 
-async def test_middleware_stays_silent_when_client_disconnects_mid_body(app: Any, auth_log: AuthLog) -> None:
+async def test_middleware_stays_silent_when_client_disconnects_mid_body(
+    app: Any, agent_key: KeyMaterial, auth_log: AuthLog
+) -> None:
     sent: list[dict[str, Any]] = []
     messages = [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}]
 
@@ -907,21 +938,9 @@ async def test_middleware_stays_silent_when_client_disconnects_mid_body(app: Any
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/agent/jobs",
-        "raw_path": b"/api/agent/jobs",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 123),
-        "server": ("testserver", 80),
-    }
-    await app(scope, receive, send)
+    async with client_for(app) as client:
+        request = sign(client, signer_for(agent_key), POST_JOB)
+    await app(raw_scope(request), receive, send)
     assert sent == []
     assert auth_log.lines() == []
 

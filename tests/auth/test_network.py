@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from serve_app.auth.network import client_ip, ip_allowed, parse_cidr, parse_ip
+from serve_app.auth.network import client_ip, client_subject, ip_allowed, parse_cidr, parse_ip
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 
@@ -69,3 +69,18 @@ def test_parse_cidr_names_intended_network() -> None:
     assert parse_cidr(" 10.0.0.0/8 ") == ipaddress.ip_network("10.0.0.0/8")
     with pytest.raises(ValueError, match=r"'10\.0\.0\.5/8' has host bits set; did you mean 10\.0\.0\.0/8\?"):
         parse_cidr("10.0.0.5/8")
+
+
+@pytest.mark.parametrize(
+    ("address", "subject"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("::1", "::/64"),
+    ],
+)
+def test_client_subject_is_the_ipv4_address_or_the_ipv6_64(address: str, subject: str) -> None:
+    parsed = parse_ip(address)
+    assert parsed is not None and client_subject(parsed) == subject

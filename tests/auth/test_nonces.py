@@ -49,3 +49,16 @@ async def test_nonce_store_propagates_store_errors(any_engine: AsyncEngine) -> N
         await conn.exec_driver_sql("DROP TABLE auth_nonces")
     with pytest.raises((OperationalError, ProgrammingError)):
         await NonceStore(any_engine).remember("ak_1", "n" * 22, expires_at=2000)
+
+
+async def test_nonce_store_admit_records_nonce_and_reads_the_clients_block(any_engine: AsyncEngine) -> None:
+    from serve_app.auth.nonces import Admission
+    from serve_app.auth.ratelimit import FailureLimiter
+    from serve_app.auth.settings import RateLimitSettings
+
+    store = NonceStore(any_engine)
+    await FailureLimiter(any_engine, RateLimitSettings(max_failures_per_ip=1)).record_failure("192.0.2.1", 1000.0)
+    assert await store.admit("ak_1", "a" * 22, expires_at=2000, client="192.0.2.1") == Admission(True, 1030.0)
+    assert await store.admit("ak_1", "b" * 22, expires_at=2000, client="192.0.2.2") == Admission(True, None)
+    assert await store.admit("ak_1", "a" * 22, expires_at=2000, client="192.0.2.2") == Admission(False, None)
+    assert await store.remember("ak_1", "b" * 22, expires_at=2000) is False  # admit recorded it

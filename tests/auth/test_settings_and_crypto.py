@@ -19,6 +19,8 @@ def test_auth_settings_defaults_follow_profile() -> None:
     assert (settings.max_age_s, settings.future_skew_s, settings.protected_prefix) == (300, 60, "/api/agent/")
     assert [str(network) for network in settings.global_allowlist] == ["0.0.0.0/0", "::/0"]
     assert settings.trusted_proxies == ()
+    assert (settings.body_timeout_s, settings.max_pending_per_ip, settings.max_pending_total) == (10.0, 16, 128)
+    assert settings.key_cache_ttl_s == 5.0
 
 
 def test_auth_settings_round_trip_through_json() -> None:
@@ -38,6 +40,8 @@ def test_auth_settings_round_trip_through_json() -> None:
         ({"authority": "https://api.example.com"}, "authority must be host"),
         ({"rate_limit": {"backoff_base_s": 60, "backoff_max_s": 30}}, "backoff_max_s must be >= backoff_base_s"),
         ({"unknown_field": 1}, "Extra inputs are not permitted"),
+        ({"rate_limit": {"max_failures_per_key": 10}}, "Extra inputs are not permitted"),  # removed: see ratelimit
+        ({"body_timeout_s": 0}, "greater than 0"),
     ],
 )
 def test_auth_settings_rejects_invalid(overrides: dict[str, object], message: str) -> None:

@@ -305,8 +305,8 @@ def test_client_same_key_with_another_body_is_refused_not_retried(paused_live_ap
 
 
 def test_client_rate_limited_is_429_with_retry_after_and_not_slept_beyond_the_cap(tmp_path: Path):
-    # one failed signature for a key blocks that key for 30 s
-    auth = AuthSettings(rate_limit=RateLimitSettings(max_failures_per_key=1, backoff_base_s=30))
+    # one failed signature blocks its sender's address (here the client's own, loopback) for 30 s
+    auth = AuthSettings(rate_limit=RateLimitSettings(max_failures_per_ip=1, backoff_base_s=30))
     with serve_api(tmp_path, auth=auth) as api:
         wrong_secret = base64.b64encode(bytes(32)).decode()
         with AgentClient(api.url, api.key_id, wrong_secret) as impostor:

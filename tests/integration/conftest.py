@@ -58,7 +58,7 @@ def deploy(ray_session: str, data_dir: Path, **app_overrides) -> LiveApp:
         defaults={"num_inference_steps": 3, "octree_resolution": 48, **app_overrides.pop("defaults", {})},
         jobs={"dispatcher_concurrency": 8, "poll_interval_s": 0.2, **app_overrides.pop("jobs", {})},
         # the refusal matrix sends ~100 bad requests from one IP: keep the backoff out of its way
-        auth=AuthSettings(rate_limit=RateLimitSettings(max_failures_per_ip=10_000, max_failures_per_key=10_000)),
+        auth=AuthSettings(rate_limit=RateLimitSettings(max_failures_per_ip=10_000)),
         **app_overrides,
     )
     generator = GeneratorConfig(device="cpu", warmup_params={"num_inference_steps": 2, "octree_resolution": 32})
