@@ -57,9 +57,7 @@ async def test_quota_does_not_refuse_an_idempotent_replay(store: JobStore) -> No
         await store.submit(AGENT_A, new_job(), idempotency_key="k-2", request_hash=fingerprint, agent_quota=1)
     # the refused key was released: the same request may be retried once there is room
     await store.cancel(AGENT_A, first.jobs[0].id)
-    retried = await store.submit(
-        AGENT_A, new_job(), idempotency_key="k-2", request_hash=fingerprint, agent_quota=1
-    )
+    retried = await store.submit(AGENT_A, new_job(), idempotency_key="k-2", request_hash=fingerprint, agent_quota=1)
     assert not retried.replayed and retried.quota == QueueQuota(limit=1, queued=1)
 
 
