@@ -4,6 +4,7 @@ handlers see the authenticated principal and only ever that agent's jobs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from deployments.contract import (
 from serve_app.auth.principal import Principal, require_scope
 from serve_app.errors import ApiError, not_found
 from serve_app.jobs import (
+    AgentQueueFull,
     IdempotencyConflict,
     IdempotencyInProgress,
     JobRecord,
@@ -31,6 +33,8 @@ from serve_app.jobs import (
     Submission,
     request_fingerprint,
 )
+from serve_app.quota_store import SlotKind, SlotLease, SlotLimitReached, StreamSlots
+from serve_app.quotas import SLOT_POLICIES, ratelimit_headers
 from serve_app.requests import API_PARAMS, parse_batch, parse_job, read_body
 from serve_app.service import AgentService
 from serve_app.views import batch_view, job_url, job_view
@@ -53,15 +57,22 @@ async def _submit(request: Request, principal: Principal, jobs: list[NewJob], as
             )
         # same key + same method, path and body bytes == the same request
         fingerprint = request_fingerprint(request.method, request.url.path, await request.body())
+    quotas = service.config.quotas
+    limit = quotas.for_agent(principal.agent).max_queued_jobs
     try:
         if as_batch:
             submission = await service.store.submit_batch(
-                principal.agent, jobs, idempotency_key=key, request_hash=fingerprint
+                principal.agent, jobs, idempotency_key=key, request_hash=fingerprint, agent_quota=limit
             )
         else:
             submission = await service.store.submit(
-                principal.agent, jobs[0], idempotency_key=key, request_hash=fingerprint
+                principal.agent, jobs[0], idempotency_key=key, request_hash=fingerprint, agent_quota=limit
             )
+    except AgentQueueFull as exc:
+        headers = ratelimit_headers(
+            "queued-jobs", exc.limit, exc.limit - exc.queued, retry_after_s=quotas.retry_after_s
+        )
+        raise ApiError(429, "agent_queue_full", str(exc), retryable=True, headers=headers) from None
     except QueueFull as exc:
         raise ApiError(
             503, "queue_full", str(exc), retryable=True, headers={"Retry-After": str(exc.retry_after_s)}
@@ -79,7 +90,12 @@ async def _submit(request: Request, principal: Principal, jobs: list[NewJob], as
 
 
 def _replay_headers(submission: Submission) -> dict[str, str]:
-    return {"Idempotent-Replayed": "true"} if submission.replayed else {}
+    """Headers of an accepted submission: the replay marker, or the queued-jobs quota left after it."""
+    if submission.replayed:
+        return {"Idempotent-Replayed": "true"}
+    if submission.quota is not None:
+        return ratelimit_headers("queued-jobs", submission.quota.limit, submission.quota.remaining)
+    return {}
 
 
 async def create_job(request: Request) -> Response:
@@ -129,16 +145,35 @@ def _wait_seconds(request: Request) -> float:
     return value
 
 
+async def _take_slot(request: Request, principal: Principal, kind: SlotKind) -> SlotLease:
+    """One of the agent's stream or long-poll slots, or a 429 with Retry-After and the RateLimit fields."""
+    service = _service(request)
+    quotas = service.config.quotas
+    limit = quotas.for_agent(principal.agent).for_slot(kind)
+    slots = StreamSlots(service.engine, lease_s=quotas.slot_lease_s, clock=service.store.now)
+    try:
+        return await slots.acquire(principal.agent, kind, limit)
+    except SlotLimitReached as exc:
+        code = "too_many_streams" if kind == "event_stream" else "too_many_long_polls"
+        headers = ratelimit_headers(SLOT_POLICIES[kind], limit, 0, retry_after_s=quotas.retry_after_s)
+        raise ApiError(429, code, f"{exc}; close one or retry later", retryable=True, headers=headers) from None
+
+
 async def get_job(request: Request) -> Response:
-    """`?wait=N` long-polls up to N seconds for the job to finish (a convenience over re-polling)."""
+    """`?wait=N` long-polls up to N seconds for the job to finish (a convenience over re-polling).
+
+    A long-poll holds one of the agent's long-poll slots while it waits; `?wait=0` and finished jobs take none."""
     principal = require_scope(request, "jobs:read")
     wait = _wait_seconds(request)
     job = await _own_job(request, principal)
+    if wait == 0 or job.terminal:
+        return JSONResponse(job_view(job))
     poll_s = _service(request).config.streams.poll_interval_s
-    deadline = time.monotonic() + wait
-    while not job.terminal and time.monotonic() < deadline:
-        await asyncio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-        job = await _own_job(request, principal)
+    async with await _take_slot(request, principal, "long_poll"):
+        deadline = time.monotonic() + wait
+        while not job.terminal and time.monotonic() < deadline:
+            await asyncio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+            job = await _own_job(request, principal)
     return JSONResponse(job_view(job))
 
 
@@ -198,27 +233,31 @@ async def job_result(request: Request) -> Response:
 async def job_events(request: Request) -> Response:
     """Server-sent events: one `job` event per change of status, stage or progress, until it finishes.
 
-    Reads the shared store (not one replica's memory), so it works whichever replica runs the job."""
+    Reads the shared store (not one replica's memory), so it works whichever replica runs the job. An open
+    stream holds one of the agent's stream slots (a finished job's one-event stream takes none)."""
     principal = require_scope(request, "jobs:read")
     job = await _own_job(request, principal)
     streams = _service(request).config.streams
+    # taken before the response starts, so that a refusal can still be a 429
+    lease = None if job.terminal else await _take_slot(request, principal, "event_stream")
 
     async def stream() -> AsyncIterator[str]:
-        current, last = job, None
-        quiet_since = time.monotonic()
-        while True:
-            state = (current.status, current.stage, current.progress)
-            if state != last:
-                yield f"event: job\ndata: {json.dumps(job_view(current))}\n\n"
-                last, quiet_since = state, time.monotonic()
-            elif time.monotonic() - quiet_since >= streams.keepalive_s:
-                # a comment line keeps idle proxies from closing a stream whose job waits in the queue
-                yield ": keep-alive\n\n"
-                quiet_since = time.monotonic()
-            if current.terminal or await request.is_disconnected():
-                return
-            await asyncio.sleep(streams.poll_interval_s)
-            current = await _own_job(request, principal)
+        async with lease or contextlib.nullcontext():
+            current, last = job, None
+            quiet_since = time.monotonic()
+            while True:
+                state = (current.status, current.stage, current.progress)
+                if state != last:
+                    yield f"event: job\ndata: {json.dumps(job_view(current))}\n\n"
+                    last, quiet_since = state, time.monotonic()
+                elif time.monotonic() - quiet_since >= streams.keepalive_s:
+                    # a comment line keeps idle proxies from closing a stream whose job waits in the queue
+                    yield ": keep-alive\n\n"
+                    quiet_since = time.monotonic()
+                if current.terminal or await request.is_disconnected():
+                    return
+                await asyncio.sleep(streams.poll_interval_s)
+                current = await _own_job(request, principal)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
@@ -233,9 +272,10 @@ async def get_batch(request: Request) -> Response:
 
 
 async def capabilities(request: Request) -> Response:
-    require_scope(request, "jobs:read")
+    principal = require_scope(request, "jobs:read")
     config = _service(request).config
     limits = config.limits
+    quota = config.quotas.for_agent(principal.agent)
     return JSONResponse(
         {
             "models": [{"name": config.model_name, "default": True, "defaults": config.job_defaults}],
@@ -264,6 +304,12 @@ async def capabilities(request: Request) -> Response:
                 "max_wait_s": limits.max_wait_s,
                 "max_queued_jobs": config.jobs.max_queued,
                 "max_body_bytes": config.auth.max_body_bytes,
+            },
+            # this agent's own quotas (its override, else the defaults)
+            "quotas": {
+                "max_queued_jobs": quota.max_queued_jobs,
+                "max_event_streams": quota.max_event_streams,
+                "max_long_polls": quota.max_long_polls,
             },
         }
     )

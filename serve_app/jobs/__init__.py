@@ -9,6 +9,7 @@ from serve_app.jobs.dispatcher import Dispatcher, GenerateFn, ModelUnavailable
 from serve_app.jobs.events import JobEvent, JobEvents
 from serve_app.jobs.idempotency import request_fingerprint
 from serve_app.jobs.records import (
+    AgentQueueFull,
     BatchRecord,
     IdempotencyConflict,
     IdempotencyInProgress,
@@ -17,11 +18,13 @@ from serve_app.jobs.records import (
     JobStoreError,
     NewJob,
     QueueFull,
+    QueueQuota,
     Submission,
 )
 from serve_app.jobs.store import JobStore, utcnow
 
 __all__ = [
+    "AgentQueueFull",
     "BatchRecord",
     "Dispatcher",
     "GenerateFn",
@@ -36,6 +39,7 @@ __all__ = [
     "ModelUnavailable",
     "NewJob",
     "QueueFull",
+    "QueueQuota",
     "Submission",
     "request_fingerprint",
     "utcnow",

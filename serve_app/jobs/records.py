@@ -106,12 +106,28 @@ class BatchRecord:
 
 
 @dataclass(frozen=True)
+class QueueQuota:
+    """An agent's queued-jobs quota as a submission left it."""
+
+    limit: int
+    queued: int  # the agent's queued jobs, this submission's included
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.queued)
+
+
+@dataclass(frozen=True)
 class Submission:
-    """What a submit returns; ``replayed`` is True when an idempotency key matched an earlier request."""
+    """What a submit returns; ``replayed`` is True when an idempotency key matched an earlier request.
+
+    ``quota``: the agent's queued-jobs quota after this submission, when the submit was given one (never on a
+    replay, which counts nothing)."""
 
     jobs: tuple[JobRecord, ...]
     batch_id: str | None
     replayed: bool
+    quota: QueueQuota | None = None
 
 
 @dataclass(frozen=True)
@@ -140,3 +156,16 @@ class QueueFull(JobStoreError):
         self.queued = queued
         self.limit = limit
         self.retry_after_s = retry_after_s
+
+
+class AgentQueueFull(JobStoreError):
+    """The agent has ``limit`` queued jobs already, or would pass it with this submission (HTTP 429)."""
+
+    def __init__(self, queued: int, requested: int, limit: int) -> None:
+        super().__init__(
+            f"this agent has {queued} queued jobs and its quota is {limit}; {requested} more do not fit. "
+            "Wait for some to start, or cancel some"
+        )
+        self.queued = queued
+        self.requested = requested
+        self.limit = limit

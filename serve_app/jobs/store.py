@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from deployments.contract import JOB_STATUSES, MAX_DRAWN_SEED, ErrorCode
 from serve_app.artifacts import ArtifactStore
@@ -26,13 +26,16 @@ from serve_app.jobs import idempotency
 from serve_app.jobs.claiming import claim_statement
 from serve_app.jobs.models import BATCHES, JOBS
 from serve_app.jobs.records import (
+    AgentQueueFull,
     BatchRecord,
     JobPage,
     JobRecord,
     NewJob,
     QueueFull,
+    QueueQuota,
     Submission,
 )
+from serve_app.quota_store import lock_agent
 
 Clock = Callable[[], datetime]
 MAX_PAGE_SIZE = 200
@@ -64,9 +67,16 @@ class JobStore:
     # ---- agent side -------------------------------------------------------------------------------------
 
     async def submit(
-        self, agent: str, job: NewJob, *, idempotency_key: str | None = None, request_hash: str | None = None
+        self,
+        agent: str,
+        job: NewJob,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        agent_quota: int | None = None,
     ) -> Submission:
-        return await self._submit(agent, [job], False, idempotency_key, request_hash)
+        """Store one job. ``agent_quota``: the most queued jobs ``agent`` may have (None: no per-agent bound)."""
+        return await self._submit(agent, [job], False, idempotency_key, request_hash, agent_quota)
 
     async def submit_batch(
         self,
@@ -75,18 +85,27 @@ class JobStore:
         *,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        agent_quota: int | None = None,
     ) -> Submission:
+        """Store the jobs of one batch, all or none; each counts against ``agent_quota``."""
         if not jobs:
             raise ValueError("a batch needs at least one item")
-        return await self._submit(agent, list(jobs), True, idempotency_key, request_hash)
+        return await self._submit(agent, list(jobs), True, idempotency_key, request_hash, agent_quota)
 
     async def _submit(
-        self, agent: str, jobs: list[NewJob], as_batch: bool, key: str | None, request_hash: str | None
+        self,
+        agent: str,
+        jobs: list[NewJob],
+        as_batch: bool,
+        key: str | None,
+        request_hash: str | None,
+        agent_quota: int | None,
     ) -> Submission:
         if (key is None) != (request_hash is None):
             raise ValueError("idempotency_key and request_hash go together")
         now = self._clock()
-        # 1. Reserve the idempotency key (or replay the request that used it).
+        # 1. Reserve the idempotency key (or replay the request that used it): a replay creates nothing, so
+        #    no quota refuses it.
         if key is not None and request_hash is not None:
             done = await idempotency.reserve(
                 self._engine,
@@ -107,13 +126,25 @@ class JobStore:
             queued = await self.count_queued()
             if queued + len(rows) > self.settings.max_queued:
                 raise QueueFull(queued, self.settings.max_queued, self.settings.queue_full_retry_after_s)
+            if agent_quota is not None:
+                # a cheap early refusal; the exact check is in the transaction below
+                async with self._engine.connect() as conn:
+                    await _check_agent_quota(conn, agent, agent_quota, adding=len(rows))
             # 3. Inputs first: a job row never points at a missing image.
             await asyncio.to_thread(self._write_inputs, rows, jobs, written)
             # 4. Batch, jobs and the idempotency record commit together.
             async with self._engine.begin() as conn:
+                if agent_quota is not None:
+                    await lock_agent(conn, "queued_jobs", agent)
                 if batch_id is not None:
                     await conn.execute(insert(BATCHES).values(id=batch_id, agent=agent, size=len(rows), created_at=now))
                 await conn.execute(insert(JOBS), rows)
+                quota = None
+                if agent_quota is not None:
+                    # Counted after the insert, in its transaction: serialised by SQLite's write lock (the
+                    # insert took it) or by the agent's advisory lock on Postgres, so the bound is exact.
+                    queued_now = await _check_agent_quota(conn, agent, agent_quota, adding=0, ours=len(rows))
+                    quota = QueueQuota(agent_quota, queued_now)
                 if key is not None:
                     single = None if as_batch else rows[0]["id"]
                     await idempotency.finish(conn, agent, key, job_id=single, batch_id=batch_id)
@@ -123,7 +154,7 @@ class JobStore:
             if key is not None:
                 await idempotency.release(self._engine, agent, key)
             raise
-        return Submission(jobs=tuple(JobRecord(**row) for row in rows), batch_id=batch_id, replayed=False)
+        return Submission(jobs=tuple(JobRecord(**row) for row in rows), batch_id=batch_id, replayed=False, quota=quota)
 
     def _new_row(self, agent: str, job: NewJob, now: datetime, batch_id: str | None, index: int) -> dict[str, Any]:
         job_id = "job_" + secrets.token_hex(16)
@@ -407,6 +438,17 @@ class JobStore:
     async def _execute(self, stmt: Any) -> int:
         async with self._engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount
+
+
+async def _check_agent_quota(conn: AsyncConnection, agent: str, limit: int, *, adding: int, ours: int = 0) -> int:
+    """The agent's queued jobs (``ours`` of them inserted by this transaction already); raises
+    :class:`AgentQueueFull` if they, plus ``adding`` more, pass ``limit``."""
+    queued = (
+        await conn.execute(select(func.count()).where(JOBS.c.agent == agent, JOBS.c.status == "queued"))
+    ).scalar_one()
+    if queued + adding > limit:
+        raise AgentQueueFull(queued - ours, adding + ours, limit)
+    return queued
 
 
 def _failed_values(code: ErrorCode, message: str, now: datetime) -> dict[str, Any]:
