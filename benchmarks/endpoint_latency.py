@@ -312,7 +312,8 @@ async def measure(target: Target, args: argparse.Namespace) -> Results:
                 for kind in ("signed", "noop") if round_ % 2 == 0 else ("noop", "signed"):
                     client, kind_path = kinds[kind]
                     closed[concurrency][kind].add(await closed_loop(client, kind_path, concurrency, args.seconds))
-            print(f"# closed loop C={concurrency}: ratio {throughput_ratio(closed[concurrency]):.2f}", flush=True)
+            ratio = throughput_ratio(closed[concurrency])
+            print(f"closed loop C={concurrency}: signed_vs_noop {ratio:.2f}", file=sys.stderr, flush=True)
         opened = {}
         for kind in ("signed", "noop"):
             client, kind_path = kinds[kind]
@@ -353,7 +354,7 @@ def report(results: Results, header: list[str]) -> str:
             f"{_ms(phase.percentile(95))} | {_ms(phase.percentile(99))} | {_ms(phase.percentile(100))} | "
             f"{_errors(phase)} | {phase.max_send_lag_ms:.1f} |"
         )
-    lines.append("```")
+    lines += ["", verdict(results), "```"]
     return "\n".join(lines)
 
 
@@ -379,7 +380,8 @@ def verdict(results: Results) -> str:
     )
 
 
-def run(args: argparse.Namespace, target: Target, how: str) -> None:
+def run(args: argparse.Namespace, target: Target, how: str) -> tuple[str, str]:
+    """Measures ``target``; returns the markdown report and the machine-readable summary line."""
     import ray
 
     load_before = os.getloadavg()
@@ -395,12 +397,10 @@ def run(args: argparse.Namespace, target: Target, how: str) -> None:
         f"no-op calls {'unsigned' if args.unsigned_noop else 'signed'}.",
         "",
         "```",
-        "python benchmarks/endpoint_latency.py " + " ".join(sys.argv[1:]),
+        " ".join([".venv/bin/python", "benchmarks/endpoint_latency.py", *sys.argv[1:]]),
         "```",
     ]
-    print(report(results, header))
-    print(verdict(results))
-    print(summary_line(results), flush=True)
+    return report(results, header), summary_line(results)
 
 
 def main() -> None:
@@ -408,13 +408,16 @@ def main() -> None:
     if args.url:
         key = json.loads(args.key_file.read_text())
         noop_prefix = args.noop_prefix or noop_prefix_of(args.config)
-        run(args, Target(args.url, key["key_id"], key["secret"], noop_prefix), f"target {args.url}")
-        return
-    with local_serve(args.config, args.startup_timeout) as target:
-        if args.noop_prefix:
-            target.noop_prefix = args.noop_prefix
-        config = args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config
-        run(args, target, f"local Serve with {config} on {target.url}")
+        text, summary = run(args, Target(args.url, key["key_id"], key["secret"], noop_prefix), f"target {args.url}")
+    else:
+        with local_serve(args.config, args.startup_timeout) as target:
+            if args.noop_prefix:
+                target.noop_prefix = args.noop_prefix
+            config = args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config
+            text, summary = run(args, target, f"local Serve with {config} on {target.url}")
+    # printed once Ray is down, so its shutdown messages cannot come after the machine-readable line
+    print(text)
+    print(summary, flush=True)
 
 
 if __name__ == "__main__":

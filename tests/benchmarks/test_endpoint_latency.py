@@ -22,6 +22,7 @@ from benchmarks.endpoint_latency import (
     noop_prefix_of,
     open_loop,
     parse_args,
+    report,
     summary_line,
     throughput_ratio,
 )
@@ -113,20 +114,42 @@ async def test_open_loop_latency_counts_the_queue_from_the_scheduled_time():
     assert phase.percentile(100) >= 500.0
 
 
-def test_summary_line_reports_the_ratio_at_the_highest_concurrency():
-    def calls(n: int, ms: float = 10.0) -> Phase:
-        return Phase(latencies_ms=[ms] * n, elapsed_s=1.0)
+def _calls(n: int, ms: float = 10.0) -> Phase:
+    return Phase(latencies_ms=[ms] * n, elapsed_s=1.0)
 
-    results = Results(
-        closed={1: {"signed": calls(50), "noop": calls(100)}, 32: {"signed": calls(80), "noop": calls(200)}},
-        open={"signed": calls(160, 20.0), "noop": calls(160, 5.0)},
+
+def _results() -> Results:
+    return Results(
+        closed={1: {"signed": _calls(50), "noop": _calls(100)}, 32: {"signed": _calls(80), "noop": _calls(200)}},
+        open={"signed": _calls(160, 20.0), "noop": Phase(latencies_ms=[5.0] * 159, errors={"503": 1})},
         rate=32.0,
     )
+
+
+def test_summary_line_reports_the_ratio_at_the_highest_concurrency():
+    results = _results()
     assert throughput_ratio(results.closed[1]) == 0.5
     assert summary_line(results) == (
         "signed_vs_noop=0.40 ratio_concurrency=32 open_loop_32rps_p99_ms=20.0 noop_open_loop_32rps_p99_ms=5.0 "
         "signed_calls_per_s=80 noop_calls_per_s=200"
     )
+
+
+def test_report_is_a_markdown_table_per_loop_with_the_verdict():
+    lines = report(_results(), ["header"]).splitlines()
+    assert lines[:4] == [
+        "header",
+        "",
+        "```",
+        "| concurrency | app | calls/s | n | p50 ms | p95 ms | p99 ms | errors |",
+    ]
+    assert "| 32 | signed status | 80 | 80 | 10.0 | 10.0 | 10.0 | 0 |" in lines
+    assert "| 32 | signed_vs_noop | 0.40 | | | | | |" in lines
+    assert "| 32/s | no-op | 160 | 5.0 | 5.0 | 5.0 | inf | 503: 1 | 0.0 |" in lines
+    assert lines[-2:] == [
+        "target signed_vs_noop >= 0.7 and open-loop p99 < 50 ms: not met (0.40, 20.0 ms)",
+        "```",
+    ]
 
 
 def test_parse_args_quick_is_one_short_level():
