@@ -1,7 +1,7 @@
 """Signed status calls against a no-op app on the same Serve proxy, side by side, in one run.
 
-    .venv/bin/python benchmarks/endpoint_latency.py           # ~3 min after start-up
-    .venv/bin/python benchmarks/endpoint_latency.py --quick   # smoke run, ~20 s after start-up
+    .venv/bin/python benchmarks/endpoint_latency.py           # ~2 min of measuring, ~2.5 min in all
+    .venv/bin/python benchmarks/endpoint_latency.py --quick   # smoke run, ~20 s of measuring, ~1 min in all
 
 Without `--url` it starts everything itself: a local Ray and Serve on a free port with
 `configs/endpoint_benchmark.yaml` (the ingress app with the dispatcher off at `/`, the no-op Starlette app of
