@@ -89,7 +89,7 @@ async def _submit(request: Request, principal: Principal, jobs: list[NewJob], as
     return submission
 
 
-def _replay_headers(submission: Submission) -> dict[str, str]:
+def _submission_headers(submission: Submission) -> dict[str, str]:
     """Headers of an accepted submission: the replay marker, or the queued-jobs quota left after it."""
     if submission.replayed:
         return {"Idempotent-Replayed": "true"}
@@ -105,7 +105,7 @@ async def create_job(request: Request) -> Response:
         require_scope(request, "jobs:critical")
     submission = await _submit(request, principal, [job], as_batch=False)
     record = submission.jobs[0]
-    headers = {"Location": job_url(record.id), **_replay_headers(submission)}
+    headers = {"Location": job_url(record.id), **_submission_headers(submission)}
     return JSONResponse(job_view(record), status_code=202, headers=headers)
 
 
@@ -120,7 +120,7 @@ async def create_batch(request: Request) -> Response:
         "status_url": f"/api/agent/batches/{submission.batch_id}",
         "jobs": [job_view(job) for job in submission.jobs],
     }
-    return JSONResponse(body, status_code=202, headers=_replay_headers(submission))
+    return JSONResponse(body, status_code=202, headers=_submission_headers(submission))
 
 
 async def _own_job(request: Request, principal: Principal) -> JobRecord:
