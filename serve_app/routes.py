@@ -84,7 +84,8 @@ def _replay_headers(submission: Submission) -> dict[str, str]:
 
 async def create_job(request: Request) -> Response:
     principal = require_scope(request, "jobs:write")
-    job = parse_job(await read_body(request), _service(request).config)
+    config = _service(request).config
+    job = await parse_job(await read_body(request, config.limits), config)
     if job.priority == "critical":
         require_scope(request, "jobs:critical")
     submission = await _submit(request, principal, [job], as_batch=False)
@@ -95,7 +96,8 @@ async def create_job(request: Request) -> Response:
 
 async def create_batch(request: Request) -> Response:
     principal = require_scope(request, "jobs:write")
-    jobs = parse_batch(await read_body(request), _service(request).config)
+    config = _service(request).config
+    jobs = await parse_batch(await read_body(request, config.limits), config)
     if jobs[0].priority == "critical":
         require_scope(request, "jobs:critical")
     submission = await _submit(request, principal, jobs, as_batch=True)
