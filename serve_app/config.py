@@ -59,6 +59,12 @@ class ApiLimits(BaseModel):
         description="Deepest nesting of arrays/objects in a JSON body or the multipart `params` field; deeper "
         "bodies get 400 `json_too_deep` before they are parsed.",
     )
+    max_json_values: int = Field(
+        10_000,
+        ge=100,
+        description="Most values, strings and escapes a JSON body may hold (a full batch holds a few hundred); "
+        "more get 400 `json_too_complex` before parsing, which holds the GIL and so the event loop.",
+    )
     max_batch_items: int = Field(64, ge=1, description="Items per `POST /api/agent/batches`.")
     max_inference_steps: int = Field(100, ge=1, le=200, description="Most `num_inference_steps` an agent may ask for.")
     min_octree_resolution: int = Field(32, ge=16, description="Lowest `octree_resolution` an agent may ask for.")
@@ -81,6 +87,8 @@ class ApiLimits(BaseModel):
     def _ranges(self) -> ApiLimits:
         if self.min_octree_resolution > self.max_octree_resolution:
             raise ValueError("min_octree_resolution must not exceed max_octree_resolution")
+        if self.max_json_values < 16 * self.max_batch_items:
+            raise ValueError("max_json_values must be at least 16 x max_batch_items, or a full batch could not pass")
         if self.max_request_pixels < self.max_image_pixels:
             raise ValueError("max_request_pixels must be at least max_image_pixels, or no largest image could pass")
         return self

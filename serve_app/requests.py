@@ -52,7 +52,7 @@ async def read_body(request: Request, limits: ApiLimits) -> ParsedBody:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try:
-            data = loads_bounded(await request.body(), limits.max_json_depth)
+            data = loads_bounded(await request.body(), limits.max_json_depth, limits.max_json_values)
         except JsonRejected as exc:
             raise ApiError(400, exc.code, exc.message) from None
         if not isinstance(data, dict):
@@ -85,7 +85,9 @@ async def _parse_form(form: Any, limits: ApiLimits) -> ParsedBody:
             upload = await value.read()
         elif name == "params":
             try:
-                fields["params"] = loads_bounded(value, limits.max_json_depth, "form field 'params'")
+                fields["params"] = loads_bounded(
+                    value, limits.max_json_depth, limits.max_json_values, "form field 'params'"
+                )
             except JsonRejected as exc:
                 raise ApiError(422, "invalid_params", f"{exc.message}; it must be a JSON object") from None
         elif name == "seed":
