@@ -21,7 +21,6 @@ import binascii
 import io
 import re
 import struct
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,18 +157,24 @@ def _check_encoding(data: bytes, header: ImageHeader, bands: int, limits: ImageL
 def normalise_image(data: bytes, header: ImageHeader, limits: ImageLimits, field: str = "image") -> DecodedImage:
     """Step 2: decode (``data`` passed :func:`probe_image`), check the alpha, turn upright, re-encode bare."""
     with _decoding(field, limits), Image.open(io.BytesIO(data)) as image:
-        # Pillow's own bomb check is a warning below twice its limit: make it an error
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
+        # probe_image's pixel check is what bounds this. Pillow's own (a warning from 89 Mpx) is left alone:
+        # turning it into an error needs warnings.catch_warnings, which is process-wide, not per thread
+        image.load()
         has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
         if has_alpha and _alpha(image).getbbox() is None:
             raise ImageRejected(422, "empty_image", f"'{field}' is fully transparent: nothing to reconstruct")
         # the model applies EXIF orientation too; once the tag is gone, the pixels must already be upright
-        turned = upright(image) if image.getexif().get(_ORIENTATION, 1) != 1 else image
+        turned = upright(image) if _orientation(image) != 1 else image
         stored_format = "PNG" if header.format == "PNG" or has_alpha else "JPEG"
         encoded = _encode_bare(turned, stored_format)
         return DecodedImage(encoded, stored_format, turned.width, turned.height, has_alpha, header.format)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_ORIENTATION, 1))
+    except (KeyError, ValueError, TypeError, SyntaxError, OSError):
+        return 1  # a damaged EXIF block costs the rotation, not the upload (as in the model's own `upright`)
 
 
 def _alpha(image: Image.Image) -> Image.Image:

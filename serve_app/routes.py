@@ -82,12 +82,18 @@ def _replay_headers(submission: Submission) -> dict[str, str]:
     return {"Idempotent-Replayed": "true"} if submission.replayed else {}
 
 
+def _require_priority_scope(request: Request, priority: object) -> None:
+    # before any image is decoded: a caller without the scope gets no decoding done for it
+    if priority == "critical":
+        require_scope(request, "jobs:critical")
+
+
 async def create_job(request: Request) -> Response:
     principal = require_scope(request, "jobs:write")
     config = _service(request).config
-    job = await parse_job(await read_body(request, config.limits), config)
-    if job.priority == "critical":
-        require_scope(request, "jobs:critical")
+    parsed = await read_body(request, config.limits)
+    _require_priority_scope(request, parsed.fields.get("priority"))
+    job = await parse_job(parsed, config)
     submission = await _submit(request, principal, [job], as_batch=False)
     record = submission.jobs[0]
     headers = {"Location": job_url(record.id), **_replay_headers(submission)}
@@ -97,9 +103,9 @@ async def create_job(request: Request) -> Response:
 async def create_batch(request: Request) -> Response:
     principal = require_scope(request, "jobs:write")
     config = _service(request).config
-    jobs = await parse_batch(await read_body(request, config.limits), config)
-    if jobs[0].priority == "critical":
-        require_scope(request, "jobs:critical")
+    parsed = await read_body(request, config.limits)
+    _require_priority_scope(request, parsed.fields.get("priority"))
+    jobs = await parse_batch(parsed, config)
     submission = await _submit(request, principal, jobs, as_batch=True)
     body = {
         "batch_id": submission.batch_id,

@@ -211,3 +211,11 @@ async def test_api_multipart_params_and_seed_are_bounded_too(paused_api):
     _error(await paused_api.client.post("/api/agent/jobs", files=files, data=nan), 422, "invalid_params")
     long_seed = {"seed": "9" * 5000}
     _error(await paused_api.client.post("/api/agent/jobs", files=files, data=long_seed), 422, "invalid_seed")
+
+
+async def test_api_checks_the_critical_scope_before_decoding_anything(paused_api):
+    # the dev key lacks jobs:critical: refused for that, not for the image it would otherwise have decoded
+    body = {"image": b64(_private_chunk_png(1024 * 1024)), "priority": "critical"}
+    _error(await paused_api.client.post("/api/agent/jobs", json=body), 403, "scope_denied")
+    batch = {"items": [{"image": b64(_flat_png(64))}], "priority": "critical"}
+    _error(await paused_api.client.post("/api/agent/batches", json=batch), 403, "scope_denied")

@@ -302,3 +302,13 @@ def test_stored_palette_png_keeps_its_transparency():
     assert decoded.has_alpha
     stored = open_image(decoded.data)
     assert stored.convert("RGBA").getchannel("A").getbbox() == (16, 12, 48, 36)
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
+def test_validate_accepts_a_jpeg_with_a_damaged_exif_block():
+    data = _jpeg(Image.new("RGB", (64, 48), (10, 200, 30)))
+    app1 = b"Exif\0\0" + b"MM\0*\xff\xff\xff\xff garbage"
+    damaged = data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
+    decoded = validate_image_bytes(damaged, LIMITS)  # costs the rotation, not the upload
+    assert (decoded.width, decoded.height) == (64, 48)
+    assert "exif" not in Image.open(io.BytesIO(decoded.data)).info
