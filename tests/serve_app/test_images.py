@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageOps, PngImagePlugin
 
 from deployments.image_input import decode_image
+from serve_app.image_pool import _pools, decode_images, decode_pool
 from serve_app.images import (
     ImageLimits,
     ImageRejected,
@@ -312,3 +313,24 @@ def test_validate_accepts_a_jpeg_with_a_damaged_exif_block():
     decoded = validate_image_bytes(damaged, LIMITS)  # costs the rotation, not the upload
     assert (decoded.width, decoded.height) == (64, 48)
     assert "exif" not in Image.open(io.BytesIO(decoded.data)).info
+
+
+# --- the decode pool ------------------------------------------------------------------------------------------
+
+
+async def test_decode_images_reports_the_first_refused_item_by_position():
+    payloads = [(_png(), "items[0].image"), (_png() + b"x", "items[1].image"), (b"junk", "items[2].image")]
+    with pytest.raises(ImageRejected) as info:
+        await decode_images(payloads, LIMITS, workers=3)
+    assert (info.value.code, info.value.message[:16]) == ("image_trailing_data", "'items[1].image'")
+
+
+async def test_decode_images_runs_in_a_bounded_named_pool():
+    decoded = await decode_images([(_png(size=(32 + i, 32)), f"items[{i}].image") for i in range(6)], LIMITS, 2)
+    assert [image.width for image in decoded] == [32, 33, 34, 35, 36, 37]  # in order
+    assert decode_pool(2) is decode_pool(2)
+    # the work ran in the pool's threads, at most as many as asked for
+    pool = decode_pool(2)
+    assert 1 <= len(pool._threads) <= 2 == pool._max_workers
+    assert all(thread.name.startswith("orfeas-decode") for thread in pool._threads)
+    assert pool in _pools.values()
