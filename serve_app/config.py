@@ -33,6 +33,38 @@ class ApiLimits(BaseModel):
         description="Most pixels (width x height) an image may have; decompression bombs are refused from the header.",
     )
     min_image_side: int = Field(16, ge=1, description="Shortest accepted image side in pixels; smaller ones get 422.")
+    image_metadata_allowance_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="Bytes an image may carry beyond twice its raw pixel size (ICC profile, EXIF, XMP); a larger "
+        "encoding gets 422 `image_oversized_encoding`. Accepted images are stored re-encoded without metadata.",
+    )
+    max_request_pixels: int = Field(
+        4 * 4096 * 4096,
+        ge=256,
+        description="Decode budget of one request: total pixels of all its images (a batch's items together), "
+        "checked from their headers before any is decoded; more gets 413 `decode_budget_exceeded`.",
+    )
+    decode_workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Threads per ingress process that decode and re-encode images off the event loop (Pillow "
+        "releases the GIL meanwhile); further images wait their turn.",
+    )
+    max_json_depth: int = Field(
+        32,
+        ge=4,
+        le=512,
+        description="Deepest nesting of arrays/objects in a JSON body or the multipart `params` field; deeper "
+        "bodies get 400 `json_too_deep` before they are parsed.",
+    )
+    max_json_values: int = Field(
+        10_000,
+        ge=100,
+        description="Most values, strings and escapes a JSON body may hold (a full batch holds a few hundred); "
+        "more get 400 `json_too_complex` before parsing, which holds the GIL and so the event loop.",
+    )
     max_batch_items: int = Field(64, ge=1, description="Items per `POST /api/agent/batches`.")
     max_inference_steps: int = Field(100, ge=1, le=200, description="Most `num_inference_steps` an agent may ask for.")
     min_octree_resolution: int = Field(32, ge=16, description="Lowest `octree_resolution` an agent may ask for.")
@@ -55,6 +87,10 @@ class ApiLimits(BaseModel):
     def _ranges(self) -> ApiLimits:
         if self.min_octree_resolution > self.max_octree_resolution:
             raise ValueError("min_octree_resolution must not exceed max_octree_resolution")
+        if self.max_json_values < 16 * self.max_batch_items:
+            raise ValueError("max_json_values must be at least 16 x max_batch_items, or a full batch could not pass")
+        if self.max_request_pixels < self.max_image_pixels:
+            raise ValueError("max_request_pixels must be at least max_image_pixels, or no largest image could pass")
         return self
 
 

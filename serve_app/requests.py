@@ -2,22 +2,25 @@
 
 JSON bodies carry images as base64; multipart bodies carry an ``image`` file plus form fields. Every
 problem is an :class:`~serve_app.errors.ApiError` with a specific code: 415 for a content type we do not
-take, 400 for malformed JSON, 413 for oversized images, 422 for values out of range.
+take, 400 for malformed or too deeply nested JSON, 413 for oversized images or requests, 422 for values out
+of range. The cheap fields are checked first; the images are decoded last, in the decode pool.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 
 from deployments.contract import MAX_SEED, PRIORITIES, split_job_params
-from serve_app.config import AppConfig
+from serve_app.config import ApiLimits, AppConfig
 from serve_app.errors import ApiError
-from serve_app.images import DecodedImage, ImageLimits, ImageRejected, decode_base64_image, validate_image_bytes
+from serve_app.image_pool import decode_images
+from serve_app.images import DecodedImage, ImageLimits, ImageRejected, base64_payload
 from serve_app.jobs import NewJob
+from serve_app.json_body import MAX_INTEGER_CHARS, JsonRejected, loads_bounded
 
 # What agents may set per request; everything else in GenerationParams is the operator's choice. The first
 # three shape the batched pass; the others act on the job alone (background removal, mesh clean-up).
@@ -32,6 +35,10 @@ API_PARAMS = (
 _JOB_FIELDS = {"image", "seed", "params", "priority"}
 _BATCH_FIELDS = {"items", "params", "priority"}
 _ITEM_FIELDS = {"image", "seed"}
+_STORED_EXTENSIONS = {"PNG": "png", "JPEG": "jpg"}
+# names and values echoed in error messages are cut: a hostile body must not come back inflated
+_SHOWN_NAMES = 10
+_SHOWN_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -41,34 +48,34 @@ class ParsedBody:
     upload: bytes | None = None
 
 
-async def read_body(request: Request) -> ParsedBody:
+async def read_body(request: Request, limits: ApiLimits) -> ParsedBody:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        raw = await request.body()
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+            data = loads_bounded(await request.body(), limits.max_json_depth, limits.max_json_values)
+        except JsonRejected as exc:
+            raise ApiError(400, exc.code, exc.message) from None
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_json", "request body must be a JSON object")
         return ParsedBody(data)
     if content_type == "multipart/form-data":
-        return await _read_multipart(request)
+        return await _read_multipart(request, limits)
     raise ApiError(
         415,
         "unsupported_content_type",
-        f"Content-Type {content_type or '(none)'} is not accepted; send application/json or multipart/form-data",
+        f"Content-Type {_shown(content_type) or '(none)'} is not accepted; send application/json or "
+        "multipart/form-data",
     )
 
 
-async def _read_multipart(request: Request) -> ParsedBody:
+async def _read_multipart(request: Request, limits: ApiLimits) -> ParsedBody:
     # read (and cache) the raw bytes first: the idempotency fingerprint hashes them after parsing
     await request.body()
     async with request.form(max_files=1, max_fields=8) as form:
-        return await _parse_form(form)
+        return await _parse_form(form, limits)
 
 
-async def _parse_form(form: Any) -> ParsedBody:
+async def _parse_form(form: Any, limits: ApiLimits) -> ParsedBody:
     fields: dict[str, Any] = {}
     upload: bytes | None = None
     for name, value in form.multi_items():
@@ -78,11 +85,16 @@ async def _parse_form(form: Any) -> ParsedBody:
             upload = await value.read()
         elif name == "params":
             try:
-                fields["params"] = json.loads(value)
-            except json.JSONDecodeError:
-                raise ApiError(422, "invalid_params", "form field 'params' must be a JSON object") from None
+                fields["params"] = loads_bounded(
+                    value, limits.max_json_depth, limits.max_json_values, "form field 'params'"
+                )
+            except JsonRejected as exc:
+                raise ApiError(422, "invalid_params", f"{exc.message}; it must be a JSON object") from None
         elif name == "seed":
             try:
+                # the length first: int() of thousands of digits is slow, and refused past 4300
+                if len(value) > MAX_INTEGER_CHARS:
+                    raise ValueError(value)
                 fields["seed"] = int(value)
             except ValueError:
                 raise ApiError(422, "invalid_seed", "form field 'seed' must be an integer") from None
@@ -93,10 +105,21 @@ async def _parse_form(form: Any) -> ParsedBody:
     return ParsedBody(fields, upload)
 
 
+def _shown(value: object) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+def _names(names: Iterable[str]) -> str:
+    listed = sorted(names)
+    shown = ", ".join(repr(_shown(name)) for name in listed[:_SHOWN_NAMES])
+    return f"[{shown}{f', ... ({len(listed)} in all)' if len(listed) > _SHOWN_NAMES else ''}]"
+
+
 def _unknown(fields: dict[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(fields) - known)
+    unknown = set(fields) - known
     if unknown:
-        raise ApiError(422, "unknown_field", f"unknown field(s) {unknown} in {where}; known: {sorted(known)}")
+        raise ApiError(422, "unknown_field", f"unknown field(s) {_names(unknown)} in {where}; known: {sorted(known)}")
 
 
 def generation_params(raw: object, config: AppConfig) -> dict[str, Any]:
@@ -105,15 +128,17 @@ def generation_params(raw: object, config: AppConfig) -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise ApiError(422, "invalid_params", "'params' must be an object")
-    unknown = sorted(set(raw) - set(API_PARAMS))
+    unknown = set(raw) - set(API_PARAMS)
     if unknown:
-        raise ApiError(422, "invalid_params", f"unknown parameter(s) {unknown}; agents may set {list(API_PARAMS)}")
+        raise ApiError(
+            422, "invalid_params", f"unknown parameter(s) {_names(unknown)}; agents may set {list(API_PARAMS)}"
+        )
     merged = {**config.job_defaults, **raw}
     limits = config.limits
     try:
         params, mesh, _ = split_job_params(merged)
     except (TypeError, ValueError) as exc:
-        raise ApiError(422, "invalid_params", str(exc)) from None
+        raise ApiError(422, "invalid_params", _shown(str(exc))) from None
     if mesh.max_faces > limits.max_face_budget:
         raise ApiError(
             422,
@@ -142,21 +167,35 @@ def _seed(value: object, where: str) -> int | None:
 def _priority(value: object) -> str:
     value = "normal" if value is None else value
     if value not in PRIORITIES:
-        raise ApiError(422, "invalid_priority", f"'priority' must be one of {list(PRIORITIES)}, got {value!r}")
+        raise ApiError(422, "invalid_priority", f"'priority' must be one of {list(PRIORITIES)}, got {_shown(value)}")
     return str(value)
 
 
-def _image(value: object, upload: bytes | None, limits: ImageLimits, field: str) -> DecodedImage:
+def _image_bytes(value: object, upload: bytes | None, limits: ImageLimits, field: str) -> tuple[bytes, str]:
+    if upload is not None:
+        return upload, field
     try:
-        if upload is not None:
-            return validate_image_bytes(upload, limits, field)
-        return decode_base64_image(value, limits, field)
+        return base64_payload(value, limits, field), field
+    except ImageRejected as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+
+
+async def _decoded(payloads: list[tuple[bytes, str]], config: AppConfig) -> list[DecodedImage]:
+    try:
+        return await decode_images(payloads, image_limits(config), config.limits.decode_workers)
     except ImageRejected as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
 
 
 def image_limits(config: AppConfig) -> ImageLimits:
-    return ImageLimits(config.limits.max_image_bytes, config.limits.max_image_pixels, config.limits.min_image_side)
+    limits = config.limits
+    return ImageLimits(
+        max_bytes=limits.max_image_bytes,
+        max_pixels=limits.max_image_pixels,
+        min_side=limits.min_image_side,
+        metadata_allowance=limits.image_metadata_allowance_bytes,
+        max_request_pixels=limits.max_request_pixels,
+    )
 
 
 def _new_job(image: DecodedImage, seed: int | None, params: dict[str, Any], priority: str, config: AppConfig) -> NewJob:
@@ -166,21 +205,24 @@ def _new_job(image: DecodedImage, seed: int | None, params: dict[str, Any], prio
         seed=seed,
         params=params,
         priority=priority,  # type: ignore[arg-type]
-        image_format={"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}[image.format],
+        image_format=_STORED_EXTENSIONS[image.format],  # the re-encoded bytes' format, not the upload's
     )
 
 
-def parse_job(body: ParsedBody, config: AppConfig) -> NewJob:
+async def parse_job(body: ParsedBody, config: AppConfig) -> NewJob:
     fields = body.fields
     _unknown(fields, _JOB_FIELDS, "the job")
     if body.upload is None and "image" not in fields:
         raise ApiError(422, "missing_image", "'image' (base64) is required")
-    image = _image(fields.get("image"), body.upload, image_limits(config), "image")
     params = generation_params(fields.get("params"), config)
-    return _new_job(image, _seed(fields.get("seed"), "the job's"), params, _priority(fields.get("priority")), config)
+    seed = _seed(fields.get("seed"), "the job's")
+    priority = _priority(fields.get("priority"))
+    payload = _image_bytes(fields.get("image"), body.upload, image_limits(config), "image")
+    (image,) = await _decoded([payload], config)
+    return _new_job(image, seed, params, priority, config)
 
 
-def parse_batch(body: ParsedBody, config: AppConfig) -> list[NewJob]:
+async def parse_batch(body: ParsedBody, config: AppConfig) -> list[NewJob]:
     if body.upload is not None:
         raise ApiError(415, "unsupported_content_type", "batches are JSON only: send application/json")
     fields = body.fields
@@ -195,11 +237,12 @@ def parse_batch(body: ParsedBody, config: AppConfig) -> list[NewJob]:
     params = generation_params(fields.get("params"), config)
     priority = _priority(fields.get("priority"))
     limits = image_limits(config)
-    jobs = []
+    seeds, payloads = [], []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise ApiError(422, "invalid_items", f"items[{index}] must be an object")
         _unknown(item, _ITEM_FIELDS, f"items[{index}]")
-        image = _image(item.get("image"), None, limits, f"items[{index}].image")
-        jobs.append(_new_job(image, _seed(item.get("seed"), f"items[{index}]"), params, priority, config))
-    return jobs
+        seeds.append(_seed(item.get("seed"), f"items[{index}]"))
+        payloads.append(_image_bytes(item.get("image"), None, limits, f"items[{index}].image"))
+    images = await _decoded(payloads, config)
+    return [_new_job(image, seed, params, priority, config) for image, seed in zip(images, seeds, strict=True)]

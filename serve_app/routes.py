@@ -98,11 +98,18 @@ def _submission_headers(submission: Submission) -> dict[str, str]:
     return {}
 
 
+def _require_priority_scope(request: Request, priority: object) -> None:
+    # before any image is decoded: a caller without the scope gets no decoding done for it
+    if priority == "critical":
+        require_scope(request, "jobs:critical")
+
+
 async def create_job(request: Request) -> Response:
     principal = require_scope(request, "jobs:write")
-    job = parse_job(await read_body(request), _service(request).config)
-    if job.priority == "critical":
-        require_scope(request, "jobs:critical")
+    config = _service(request).config
+    parsed = await read_body(request, config.limits)
+    _require_priority_scope(request, parsed.fields.get("priority"))
+    job = await parse_job(parsed, config)
     submission = await _submit(request, principal, [job], as_batch=False)
     record = submission.jobs[0]
     headers = {"Location": job_url(record.id), **_submission_headers(submission)}
@@ -111,9 +118,10 @@ async def create_job(request: Request) -> Response:
 
 async def create_batch(request: Request) -> Response:
     principal = require_scope(request, "jobs:write")
-    jobs = parse_batch(await read_body(request), _service(request).config)
-    if jobs[0].priority == "critical":
-        require_scope(request, "jobs:critical")
+    config = _service(request).config
+    parsed = await read_body(request, config.limits)
+    _require_priority_scope(request, parsed.fields.get("priority"))
+    jobs = await parse_batch(parsed, config)
     submission = await _submit(request, principal, jobs, as_batch=True)
     body = {
         "batch_id": submission.batch_id,
