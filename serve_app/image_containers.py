@@ -34,11 +34,13 @@ class Container:
 
 
 def walk(data: bytes, image_format: str) -> Container:
-    """The container of ``data``, which Pillow identified as ``image_format`` (PNG, JPEG or WEBP)."""
+    """The container of ``data``, which Pillow identified as ``image_format`` (PNG, JPEG, MPO or WEBP)."""
     if image_format == "PNG":
         return _png(data)
     if image_format == "JPEG":
         return _jpeg(data)
+    if image_format == "MPO":
+        return _mpo(data)
     if image_format == "WEBP":
         return _webp(data)
     return Container(len(data))
@@ -82,6 +84,21 @@ def _jpeg(data: bytes) -> Container:
         if marker == 0xDA:  # SOS: entropy-coded data runs to the next marker that is not a stuffed FF00 or RSTn
             position = _end_of_scan(data, position)
     return Container(size, metadata)
+
+
+def _mpo(data: bytes) -> Container:
+    """Multi-picture JPEG (CIPA DC-007; most phone cameras): the first JPEG, then further complete JPEG
+    streams (previews, depth maps, stereo frames) back to back. Those count as metadata: only the first
+    picture is kept. Anything after the last complete stream is trailing data."""
+    first = _jpeg(data)
+    end, metadata = first.end, first.metadata_bytes
+    while data[end : end + 2] == b"\xff\xd8":
+        picture = _jpeg(data[end:])
+        if end + picture.end >= len(data) and not data[: end + picture.end].endswith(b"\xff\xd9"):
+            break  # an unfinished stream: the decoder of the first picture does not care, nor do we
+        metadata += picture.end
+        end += picture.end
+    return Container(end, metadata)
 
 
 def _end_of_scan(data: bytes, position: int) -> int:

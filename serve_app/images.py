@@ -30,7 +30,9 @@ from PIL import Image, UnidentifiedImageError
 from deployments.image_input import upright
 from serve_app.image_containers import walk
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "MPO")
+# what agents are told they may send: MPO is how Pillow names the multi-picture JPEGs of phone cameras
+_ADVERTISED_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.ASCII)
 # An honest encoding is at most about the raw pixel size (JPEG at quality 100 without chroma subsampling
 # reaches 1.4x on pure noise, PNG and lossless WebP ~1.0x) plus its metadata: twice the raw size leaves room.
@@ -111,7 +113,7 @@ def probe_image(data: bytes, limits: ImageLimits, field: str = "image") -> Image
             raise ImageRejected(
                 415,
                 "unsupported_image_format",
-                f"'{field}' is {image_format or 'an unknown format'}; send one of {', '.join(ACCEPTED_FORMATS)}",
+                f"'{field}' is {image_format or 'an unknown format'}; send one of {', '.join(_ADVERTISED_FORMATS)}",
             )
         width, height = image.size
         if width * height > limits.max_pixels:
@@ -134,7 +136,7 @@ def _check_encoding(data: bytes, header: ImageHeader, bands: int, limits: ImageL
     container = walk(data, header.format)
     trailing = container.trailing_bytes(len(data))
     if trailing:
-        end = {"PNG": "IEND chunk", "JPEG": "EOI marker", "WEBP": "RIFF size"}[header.format]
+        end = {"PNG": "IEND chunk", "JPEG": "EOI marker", "MPO": "last EOI marker", "WEBP": "RIFF size"}[header.format]
         raise ImageRejected(
             422,
             "image_trailing_data",

@@ -305,6 +305,7 @@ async def capabilities(request: Request) -> Response:
                 "max_bytes": limits.max_image_bytes,
                 "max_pixels": limits.max_image_pixels,
                 "min_side": limits.min_image_side,
+                "max_request_pixels": limits.max_request_pixels,
             },
             "limits": {
                 "max_batch_items": limits.max_batch_items,

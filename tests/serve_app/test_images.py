@@ -334,3 +334,28 @@ async def test_decode_images_runs_in_a_bounded_named_pool():
     assert 1 <= len(pool._threads) <= 2 == pool._max_workers
     assert all(thread.name.startswith("orfeas-decode") for thread in pool._threads)
     assert pool in _pools.values()
+
+
+def _mpo(*images: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    images[0].save(buf, format="MPO", save_all=True, append_images=list(images[1:]))
+    return buf.getvalue()
+
+
+def test_validate_accepts_a_phone_multi_picture_jpeg_keeping_the_first_picture():
+    # phone cameras write MPO (a JPEG followed by preview / depth pictures); Pillow names it MPO, not JPEG
+    first, preview = Image.new("RGB", (64, 48), (200, 20, 20)), Image.new("RGB", (32, 24), (20, 200, 20))
+    data = _mpo(first, preview)
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    decoded = validate_image_bytes(data, LIMITS)
+    assert (decoded.format, decoded.source_format, decoded.width, decoded.height) == ("JPEG", "MPO", 64, 48)
+    with Image.open(io.BytesIO(decoded.data)) as stored:
+        assert stored.format == "JPEG" and getattr(stored, "n_frames", 1) == 1
+        red, green, _ = stored.convert("RGB").getpixel((32, 24))
+        assert red > 150 and green < 80  # the first picture, not the preview
+
+
+def test_validate_refuses_bytes_after_the_last_picture_of_an_mpo():
+    data = _mpo(Image.new("RGB", (64, 48), (200, 20, 20)), Image.new("RGB", (32, 24), (20, 200, 20)))
+    refused = _refused(data + b"smuggled" * 100)
+    assert (refused.status, refused.code) == (422, "image_trailing_data")
