@@ -240,7 +240,12 @@ def local_serve(config_path: Path, timeout_s: float) -> Iterator[Target]:
         # logical CPUs only (no pinning): four, so every replica of the config fits on a 2-core box
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
-            serve.start(proxy_location=schema.proxy_location, http_options=schema.http_options.model_dump())
+            serve.start(
+                proxy_location=schema.proxy_location,
+                http_options=schema.http_options.model_dump(),
+                # the config's controller environment (FORWARDED_ALLOW_IPS) reaches the proxy and replicas
+                controller_options=config.get("controller_options"),
+            )
             # what `serve run <config>` does, so the config's deployment options apply exactly as there
             client = serve.context._get_global_client()
             if client is None:

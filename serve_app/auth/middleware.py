@@ -32,7 +32,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.auth.audit import AuthDecision, log_decision
-from serve_app.auth.body import BodyTimeout, BodyTooLarge, ClientGone, declared_length, read_body
+from serve_app.auth.body import Body, BodyTimeout, BodyTooLarge, ClientGone, declared_length, read_body
 from serve_app.auth.errors import error_response
 from serve_app.auth.keys import KeyStore
 from serve_app.auth.network import IPAddress, client_ip, client_subject
@@ -149,21 +149,34 @@ class AgentAuthMiddleware:
     async def _authenticate(
         self, scope: Scope, receive: Receive, ctx: _Context, now: float
     ) -> Denial | tuple[Principal, bytes]:
-        # 1. trusted client IP -> global allowlist, known failure block; a pending slot
+        # 1. trusted client IP -> global allowlist, known failure block
         if ctx.client_ip is None or ctx.client is None:
             return deny("ip_denied", detail="client address unknown or unparseable")
         denial = self.verifier.check_client(ctx.client_ip, ctx.client, now)
         if denial is not None:
             return denial
-        full = self.pending.acquire(ctx.client)
+        return await self._verify(scope, receive, ctx.client_ip, ctx.client, now)
+
+    async def _receive_body(self, receive: Receive, client: str) -> Body | Denial:
+        """The body under one deadline, holding a pending slot while it arrives.
+
+        The slot covers only the phase the client controls (a slow upload pins a connection and memory);
+        the checks after it are the server's own work, so a busy database cannot make an honest agent with
+        many requests in flight hit its per-client cap."""
+        full = self.pending.acquire(client)
         if full == "per_client":
             return deny("too_many_pending", retry_after=_PENDING_RETRY_AFTER_S, detail="per-client pending cap")
         if full == "total":
             return deny("auth_busy", retry_after=_PENDING_RETRY_AFTER_S, detail="total pending cap")
+        limit, timeout_s = self.settings.max_body_bytes, self.settings.body_timeout_s
         try:
-            return await self._verify(scope, receive, ctx.client_ip, ctx.client, now)
+            return await read_body(receive, limit=limit, timeout_s=timeout_s)
+        except BodyTooLarge:
+            return deny("body_too_large", message=f"Request body exceeds {limit} bytes.")
+        except BodyTimeout:
+            return deny("body_timeout", message=f"The request body did not arrive within {timeout_s:g} s.")
         finally:
-            self.pending.release(ctx.client)
+            self.pending.release(client)
 
     async def _verify(
         self, scope: Scope, receive: Receive, address: IPAddress, client: str, now: float
@@ -179,13 +192,9 @@ class AgentAuthMiddleware:
             return checked
         # Unknown, revoked and expired keys wait for the body like a real key would: refusing them at
         # once would tell a prober which key ids exist by whether the server wants the body.
-        timeout_s = self.settings.body_timeout_s
-        try:
-            body = await read_body(receive, limit=limit, timeout_s=timeout_s)
-        except BodyTooLarge:
-            return too_large
-        except BodyTimeout:
-            return deny("body_timeout", message=f"The request body did not arrive within {timeout_s:g} s.")
+        body = await self._receive_body(receive, client)
+        if isinstance(body, Denial):
+            return body
         if isinstance(checked, Denial):
             return checked
         # 6-8. HMAC, digest, nonce and the client's block

@@ -1,7 +1,7 @@
-"""Caps on requests that are still being authenticated, per client and in total, in one ingress replica.
+"""Caps on requests whose body is still arriving, per client and in total, in one ingress replica.
 
-A request holds a slot from its first header check until it is verified or refused, which covers the
-body read. The counters are in process memory on purpose: what they protect is this replica's own
+A request holds a slot while its body is received (after the header checks, before the HMAC): the phase a
+slow or stalled client controls. The counters are in process memory on purpose: what they protect is this replica's own
 connections and memory, and a shared store would cost a round trip for every request.
 """
 

@@ -114,13 +114,13 @@ class AuthSettings(BaseModel):
     max_pending_per_ip: int = Field(
         16,
         ge=1,
-        description="Requests from one client IP (IPv6: its /64) being authenticated at once in one ingress replica "
-        "(headers checked, body not yet verified); more get 429 `too_many_pending` + `Retry-After`.",
+        description="Requests from one client IP (IPv6: its /64) whose body is arriving at once in one ingress "
+        "replica (the phase a slow client controls); more get 429 `too_many_pending` + `Retry-After`.",
     )
     max_pending_total: int = Field(
         128,
         ge=1,
-        description="Requests being authenticated at once in one ingress replica, all clients together; more get "
+        description="Requests whose body is arriving at once in one ingress replica, all clients together; more get "
         "503 `auth_busy` + `Retry-After`. Keep it below the ingress's `max_ongoing_requests` so that "
         "authenticated calls always find a slot.",
     )
