@@ -35,7 +35,7 @@ class Storage:
         engine = make_engine(config.resolved_database_url)
         await create_schema(engine)
         artifacts = ArtifactStore(config.artifacts_dir)
-        return cls(engine, artifacts, JobStore(engine, artifacts, config.jobs))
+        return cls(engine, artifacts, JobStore(engine, artifacts, config.jobs, retention=config.retention))
 
     async def ready(self) -> bool:
         """Whether the database answers (readiness and health checks)."""
