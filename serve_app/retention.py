@@ -80,7 +80,7 @@ class RetentionSettings(BaseModel):
 
 @dataclass(frozen=True)
 class SweepReport:
-    results: int  # result directories deleted (jobs whose result expired)
+    results: int  # expired results deleted and marked gone (by this sweeper)
     inputs: int  # orphaned input files deleted
     temp_files: int  # leftovers of interrupted atomic writes
 
@@ -107,11 +107,13 @@ class Sweeper:
         if ttl is None:
             return 0
         due = await self._store.expired_results(self._store.now() - ttl, self.settings.sweep_batch)
+        forgotten = 0
         for job_id, result_path in due:
             # The whole directory: the GLB, its converted formats and files of stale runs of the same job.
-            await asyncio.to_thread(self._artifacts.delete_tree, f"{RESULTS_DIR}/{job_id}")
-            await self._store.forget_result(job_id, result_path)
-        return len(due)
+            if await asyncio.to_thread(self._artifacts.delete_tree, f"{RESULTS_DIR}/{job_id}"):
+                # counted by the one sweeper whose guarded update wins
+                forgotten += await self._store.forget_result(job_id, result_path)
+        return forgotten
 
     async def _orphaned_inputs(self) -> tuple[int, int]:
         """2. inputs of terminal jobs (a crash between the transition and the delete) or of no job at all
