@@ -114,7 +114,8 @@ class Dispatcher:
         self._stopping = True
         self._wake.set()
         if self._loop_task is not None:
-            await self._loop_task
+            # a loop that died (the health check reports it) must not keep its jobs from being released
+            await asyncio.gather(self._loop_task, return_exceptions=True)
         tasks = list(self._tasks.items())
         if not tasks:
             return
@@ -230,8 +231,13 @@ class Dispatcher:
                 self._publish(job, "queued", "queued", 0)
             return
         except Exception as exc:
-            if isinstance(exc, GenerationError):
+            code: ErrorCode
+            if isinstance(exc, GenerationError) and exc.code != ErrorCode.INTERNAL_ERROR:
                 code, message = exc.code, exc.message
+            elif isinstance(exc, GenerationError):
+                # the model's own bug report carries exception text: the log keeps it, the agent gets the code
+                logger.error("job %s: the model failed on an internal error: %s", job.id, exc.message)
+                code, message = ErrorCode.INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE
             else:
                 logger.exception("job %s failed", job.id)
                 code, message = ErrorCode.INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE

@@ -121,6 +121,12 @@ async def test_dispatcher_calls_the_model_concurrently(
         (GenerationError(ErrorCode.OUT_OF_MEMORY, "CUDA OOM at batch 8"), "out_of_memory", "CUDA OOM at batch 8", True),
         (GenerationError(ErrorCode.EMPTY_SURFACE, "no surface"), "empty_surface", "no surface", False),
         (RuntimeError("boom /secret/path"), "internal_error", INTERNAL_ERROR_MESSAGE, True),
+        (
+            GenerationError(ErrorCode.INTERNAL_ERROR, "surface extraction: bad index in /srv/x.py"),
+            "internal_error",
+            INTERNAL_ERROR_MESSAGE,
+            True,
+        ),
     ],
 )
 async def test_dispatcher_records_model_failures(

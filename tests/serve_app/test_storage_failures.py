@@ -345,3 +345,17 @@ async def test_storage_failures_unexpected_errors_stay_a_500_without_internals()
         "retryable": True,
         "request_id": response.headers["x-request-id"],
     }
+
+
+async def test_storage_failures_worker_health_fails_only_when_its_loop_died(tmp_path: Path) -> None:
+    app = await start_app(tmp_path)
+    try:
+        app.worker.check_health()
+        loop = app.worker.dispatcher.loop_task
+        assert loop is not None
+        loop.cancel()  # what a bug escaping the loop would leave: a replica restart is the cure
+        await asyncio.gather(loop, return_exceptions=True)
+        with pytest.raises(RuntimeError, match="dispatcher loop stopped"):
+            app.worker.check_health()
+    finally:
+        await app.stop()
