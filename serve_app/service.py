@@ -27,6 +27,10 @@ from serve_app.storage import Storage
 logger = logging.getLogger("orfeas.service")
 
 
+def _decisions_only(record: logging.LogRecord) -> bool:
+    return record.name == "orfeas.auth"
+
+
 def attach_audit_file(path: Path, retention: RetentionSettings | None = None) -> None:
     """Append the ``orfeas.auth`` decision lines (already JSON) to ``path``, once per process and file,
     rotated at ``audit_max_bytes`` with ``audit_backups`` old files kept.
@@ -46,6 +50,9 @@ def attach_audit_file(path: Path, retention: RetentionSettings | None = None) ->
         target, maxBytes=settings.audit_max_bytes, backupCount=settings.audit_backups, encoding="utf-8"
     )
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # the decision lines only: ``orfeas.auth.internal`` (store failures, plain text) propagates here too and
+    # would break the one-JSON-object-per-line file
+    handler.addFilter(_decisions_only)
     audit.addHandler(handler)
     audit.setLevel(logging.INFO)
 
