@@ -53,6 +53,20 @@ STORAGE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
 )
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_POSTGRES_DISK_FULL = "53100"  # SQLSTATE disk_full
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """A full disk under the artifacts (``ENOSPC``/``EDQUOT``) or under the database (SQLite's
+    ``SQLITE_FULL``, Postgres's ``disk_full``), however the driver wraps it."""
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_FULL
+    cause = getattr(exc, "orig", None) or exc
+    if getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return True
+    return getattr(cause, "sqlstate", None) == _POSTGRES_DISK_FULL
+
+
 _DEFAULT_STORAGE_RETRY_AFTER_S = 30
 
 
@@ -81,7 +95,7 @@ def not_found(what: str, identifier: str) -> ApiError:
 def storage_error(exc: BaseException, retry_after_s: int = _DEFAULT_STORAGE_RETRY_AFTER_S) -> ApiError:
     """The answer to a failure of the database or the artifact store; says nothing about its internals."""
     headers = {"Retry-After": str(retry_after_s)}
-    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+    if _disk_full(exc):
         return ApiError(
             507,
             "insufficient_storage",

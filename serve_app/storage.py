@@ -43,8 +43,9 @@ class Storage:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             return True
-        except Exception:  # readiness reports, it does not raise
-            logger.warning("database not reachable", exc_info=True)
+        except Exception as exc:  # readiness reports, it does not raise
+            # no traceback: health checks ask every few seconds for as long as the outage lasts
+            logger.warning("database not reachable: %s", type(exc).__name__)
             return False
 
     async def close(self) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -295,8 +295,25 @@ class _FailingMiddleware:
         await self.app(scope, receive, send)
 
 
+def _sqlite_full() -> Exception:
+    """The error SQLite really raises when its file cannot grow (capped with max_page_count here)."""
+    engine = create_engine("sqlite://")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (x BLOB)"))
+            conn.exec_driver_sql("PRAGMA max_page_count = 3")
+            for _ in range(10):
+                conn.execute(text("INSERT INTO t VALUES (randomblob(4000))"))
+    except OperationalError as exc:
+        return exc
+    finally:
+        engine.dispose()
+    raise AssertionError("SQLite did not fill up")
+
+
 def _app_raising() -> ASGIApp:
     errors: dict[str, Exception] = {
+        "/db-full": _sqlite_full(),
         "/db": OperationalError("UPDATE jobs SET x", {}, Exception("/var/lib/orfeas/orfeas.db is locked")),
         "/full": OSError(errno.ENOSPC, "No space left on device", "/srv/orfeas/artifacts/inputs/x.png"),
         "/readonly": OSError(errno.EROFS, "Read-only file system", "/srv/orfeas/artifacts/inputs/x.png"),
@@ -320,6 +337,7 @@ def _app_raising() -> ASGIApp:
         ("/db", 503, "storage_unavailable", UNAVAILABLE),
         ("/middleware", 503, "storage_unavailable", UNAVAILABLE),
         ("/full", 507, "insufficient_storage", FULL),
+        ("/db-full", 507, "insufficient_storage", FULL),
         ("/readonly", 503, "storage_unavailable", UNAVAILABLE),
     ],
 )
