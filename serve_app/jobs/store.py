@@ -6,8 +6,10 @@ worker that lost its lease (expired and requeued, or the job was cancelled) cann
 Times come from an injected clock (naive UTC) so that tests can move it.
 
 Every terminal transition (complete, fail, cancel, expire, give up) deletes the job's input image right after
-its update commits: the input is only needed while the job may still run. A delete that fails (the disk is
-read-only, the process dies) leaves the file to the retention sweeper; it never undoes the transition.
+its update commits: the input is only needed while the job may still run. One that ends without a result also
+deletes ``results/<job_id>/``, where a run that crashed before completing may have left its mesh. A delete
+that fails (the disk is read-only, the process dies) leaves the file to the retention sweeper; it never undoes
+the transition.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from serve_app.jobs.records import (
     QueueFull,
     Submission,
 )
-from serve_app.retention import RetentionSettings
+from serve_app.retention import RESULTS_DIR, RetentionSettings
 
 Clock = Callable[[], datetime]
 MAX_PAGE_SIZE = 200
@@ -304,7 +306,8 @@ class JobStore:
                     timings=timings,
                     lease_owner=None,
                     lease_expires_at=None,
-                )
+                ),
+                succeeded=True,
             )
             == 1
         )
@@ -346,18 +349,14 @@ class JobStore:
             if requeued.rowcount == 1:
                 return "queued"
             failed = (
-                (
-                    await conn.execute(
-                        update(JOBS)
-                        .where(*owned)
-                        .values(_failed_values(code, f"{message} (on all {max_attempts} attempts)", self._clock()))
-                        .returning(JOBS.c.input_path)
-                    )
+                await conn.execute(
+                    update(JOBS)
+                    .where(*owned)
+                    .values(_failed_values(code, f"{message} (on all {max_attempts} attempts)", self._clock()))
+                    .returning(JOBS.c.id, JOBS.c.input_path)
                 )
-                .scalars()
-                .all()
-            )
-        await self._drop_inputs(failed)
+            ).all()
+        await self._drop_artifacts(failed)
         return "failed" if failed else None
 
     async def release(self, job_id: str, worker_id: str) -> bool:
@@ -404,7 +403,7 @@ class JobStore:
         )
         async with self._engine.begin() as conn:
             rows = (await conn.execute(stmt)).all()
-        await self._drop_inputs([row.input_path for row in rows])
+        await self._drop_artifacts(rows)
         return [row.id for row in rows]
 
     async def requeue_expired_leases(self) -> tuple[list[str], list[str]]:
@@ -437,7 +436,7 @@ class JobStore:
         async with self._engine.begin() as conn:
             given_up = (await conn.execute(give_up)).all()
             requeued = list((await conn.execute(requeue)).scalars().all())
-        await self._drop_inputs([row.input_path for row in given_up])
+        await self._drop_artifacts(given_up)
         return requeued, [row.id for row in given_up]
 
     async def purge_idempotency_keys(self) -> int:
@@ -488,17 +487,26 @@ class JobStore:
         async with self._engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount
 
-    async def _finish(self, stmt: Any) -> int:
-        """Run a terminal transition, then delete the inputs of the jobs it finished; returns their number."""
+    async def _finish(self, stmt: Any, *, succeeded: bool = False) -> int:
+        """Run a terminal transition, then delete what the jobs it finished no longer need; returns their number."""
         async with self._engine.begin() as conn:
-            paths = list((await conn.execute(stmt.returning(JOBS.c.input_path))).scalars().all())
-        await self._drop_inputs(paths)
-        return len(paths)
+            rows = (await conn.execute(stmt.returning(JOBS.c.id, JOBS.c.input_path))).all()
+        await self._drop_artifacts(rows, succeeded=succeeded)
+        return len(rows)
 
-    async def _drop_inputs(self, paths: Sequence[str]) -> None:
-        if paths:
-            # ArtifactStore.delete never raises: what it cannot delete now, the sweeper deletes later.
-            await asyncio.to_thread(lambda: [self._artifacts.delete(path) for path in paths])
+    async def _drop_artifacts(self, rows: Sequence[Any], *, succeeded: bool = False) -> None:
+        """The inputs of ended jobs (``rows`` with ``id`` and ``input_path``); for jobs that ended without a
+        result also ``results/<id>/``: meshes of runs that crashed between writing and completing."""
+
+        def drop() -> None:
+            # Neither call raises: what cannot be deleted now, the sweeper deletes later.
+            for row in rows:
+                self._artifacts.delete(row.input_path)
+                if not succeeded:
+                    self._artifacts.delete_tree(f"{RESULTS_DIR}/{row.id}")
+
+        if rows:
+            await asyncio.to_thread(drop)
 
 
 def _failed_values(code: ErrorCode, message: str, now: datetime) -> dict[str, Any]:

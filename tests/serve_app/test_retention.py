@@ -105,17 +105,20 @@ async def test_retention_input_deleted_when_cancelled_or_expired(
     assert not artifacts.exists(expiring.input_path)
 
 
-async def test_retention_input_deleted_when_a_lost_job_is_given_up(
+async def test_retention_input_and_stale_meshes_deleted_when_a_lost_job_is_given_up(
     store: JobStore, artifacts: ArtifactStore, clock: ManualClock
 ) -> None:
     (job,) = (await store.submit(AGENT_A, new_job())).jobs
-    for attempt in range(2):  # max_attempts=2: two workers die holding it
+    for attempt in range(2):  # max_attempts=2: two workers die holding it, one after writing its mesh
         assert [j.id for j in await store.claim(f"w{attempt}", 1, 10)] == [job.id]
+        artifacts.put_bytes(f"results/{job.id}/mesh-run{attempt}.glb", b"a mesh its run never completed with")
         clock.advance(11)
         requeued, failed = await store.requeue_expired_leases()
         assert artifacts.exists(job.input_path) == (attempt == 0)
 
     assert (requeued, failed) == ([], [job.id])
+    # ended without a result: the crashed runs' meshes go with it
+    assert not (artifacts.root / "results" / job.id).exists()
 
 
 async def test_retention_input_that_cannot_be_deleted_does_not_undo_the_transition(
