@@ -8,18 +8,34 @@ never a partial one, and a crash leaves at worst a ``.tmp-*`` file behind.
 Meshes arrive from the model replica as GLB bytes (the canonical format) and are converted to the other
 download formats on demand, then cached next to the GLB: storing all four at completion would quadruple
 the disk for formats most agents never ask for.
+
+Writes raise ``OSError`` as the filesystem does (``ENOSPC`` on a full disk, ``EROFS`` on a read-only one):
+callers map it to an answer (``serve_app.errors``) or a retry. Deletes never raise: what cannot be removed now
+is logged and left to the retention sweeper, so a failing disk cannot turn a cleanup into a second error.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from deployments.contract import CANONICAL_FORMAT, MESH_FORMATS, MeshFormat
 from deployments.mesh_io import export_mesh, load_mesh
 
 _TEMP_PREFIX = ".tmp-"
+
+logger = logging.getLogger("orfeas.artifacts")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    relpath: str
+    mtime: float  # seconds since the epoch
+    temporary: bool  # a leftover of an interrupted atomic write
 
 
 class ArtifactStore:
@@ -61,12 +77,45 @@ class ArtifactStore:
         return self.path(relpath).is_file()
 
     def delete(self, relpath: str) -> bool:
-        """Remove one file; True when it existed."""
+        """Remove one file; True when this call removed it (False: it was gone, or cannot be removed now)."""
         try:
             self.path(relpath).unlink()
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            logger.warning("could not delete artifact %s: %s", relpath, exc.strerror or type(exc).__name__)
+            return False
         return True
+
+    def delete_tree(self, relpath: str) -> bool:
+        """Remove a directory and everything in it; True when it is gone (or never existed)."""
+        target = self.path(relpath)
+        try:
+            shutil.rmtree(target)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            logger.warning("could not delete artifacts under %s: %s", relpath, exc.strerror or type(exc).__name__)
+            return False
+        return True
+
+    def list_files(self, relpath: str) -> list[StoredFile]:
+        """The plain files directly inside directory ``relpath`` (none if it does not exist)."""
+        found: list[StoredFile] = []
+        try:
+            with os.scandir(self.path(relpath)) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        found.append(
+                            StoredFile(
+                                relpath=f"{relpath}/{entry.name}",
+                                mtime=entry.stat(follow_symlinks=False).st_mtime,
+                                temporary=entry.name.startswith(_TEMP_PREFIX),
+                            )
+                        )
+        except FileNotFoundError:
+            pass
+        return found
 
     def mesh_file(self, canonical_relpath: str, fmt: MeshFormat) -> Path:
         """The file of a stored mesh in ``fmt``, converting from the canonical GLB once and caching it."""

@@ -46,8 +46,10 @@ class AgentIngress:
             logger.warning("could not wake a job worker; it will find the job at its next poll", exc_info=True)
 
     async def check_health(self) -> None:
-        if not await self._service.ready():
-            raise RuntimeError("job database unreachable")
+        # A failed health check makes Serve restart the replica: that cures nothing when the database is down
+        # (every new replica would fail the same way) and drops the requests in flight. `/readyz` reports
+        # the database to load balancers instead; requests meanwhile answer 503 storage_unavailable.
+        await self._service.check_health()
 
     async def __del__(self) -> None:
         await self._service.stop()

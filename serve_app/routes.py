@@ -8,6 +8,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -37,7 +38,7 @@ from serve_app.quota_store import SlotKind, SlotLease, SlotLimitReached, StreamS
 from serve_app.quotas import SLOT_POLICIES, ratelimit_headers
 from serve_app.requests import API_PARAMS, parse_batch, parse_job, read_body
 from serve_app.service import AgentService
-from serve_app.views import batch_view, job_url, job_view
+from serve_app.views import batch_view, iso, job_url, job_view
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -226,16 +227,30 @@ async def job_result(request: Request) -> Response:
     if fmt not in MESH_FORMATS:
         raise ApiError(422, "invalid_format", f"'format' must be one of {list(MESH_FORMATS)}")
     job = await _own_job(request, principal)
-    if job.status != "succeeded" or job.result_path is None:
+    if job.status != "succeeded":
         raise ApiError(
             409,
             "result_not_ready",
             f"job {job.id} is {job.status}; results exist once it succeeded",
             retryable=job.status in ("queued", "running"),
         )
+    store = _service(request).store
+    # decided from finished_at: expired from that moment on, whether or not the sweeper ran yet
+    if store.result_expired(job) or job.result_path is None:
+        raise _result_expired(job, store.result_expires_at(job))
     # converting GLB to another format the first time is CPU work: keep it off the event loop
-    path = await asyncio.to_thread(_service(request).artifacts.mesh_file, job.result_path, fmt)
+    try:
+        path = await asyncio.to_thread(_service(request).artifacts.mesh_file, job.result_path, fmt)
+    except FileNotFoundError:  # the sweeper got there between the check and the read
+        raise _result_expired(job, store.result_expires_at(job)) from None
     return FileResponse(path, media_type=CONTENT_TYPES[fmt], filename=f"{job.id}.{fmt}")
+
+
+def _result_expired(job: JobRecord, expires_at: datetime | None) -> ApiError:
+    when = f" at {iso(expires_at)}" if expires_at is not None else ""
+    return ApiError(
+        410, "result_expired", f"the result of job {job.id} expired{when}; submit the job again to regenerate it"
+    )
 
 
 async def job_events(request: Request) -> Response:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from concurrent_log_handler import ConcurrentRotatingFileHandler
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from serve_app.artifacts import ArtifactStore
@@ -20,19 +21,38 @@ from serve_app.auth.secret import Secret
 from serve_app.config import AppConfig
 from serve_app.dev_setup import prepare_dev_mode
 from serve_app.jobs import JobStore
+from serve_app.retention import RetentionSettings
 from serve_app.storage import Storage
 
 logger = logging.getLogger("orfeas.service")
 
 
-def attach_audit_file(path: Path) -> None:
-    """Append the ``orfeas.auth`` decision lines (already JSON) to ``path``, once per process and file."""
+def _decisions_only(record: logging.LogRecord) -> bool:
+    return record.name == "orfeas.auth"
+
+
+def attach_audit_file(path: Path, retention: RetentionSettings | None = None) -> None:
+    """Append the ``orfeas.auth`` decision lines (already JSON) to ``path``, once per process and file,
+    rotated at ``audit_max_bytes`` with ``audit_backups`` old files kept.
+
+    Every ingress replica process on the host appends to the same file. A plain ``RotatingFileHandler`` is
+    not safe then: each process decides alone when to rotate and keeps writing into the file another one
+    renamed away. ``ConcurrentRotatingFileHandler`` takes an exclusive lock (a ``.lock`` file beside the log)
+    around each write and rotation, and reopens the file when another process rotated it, so lines are
+    neither lost nor interleaved and exactly one process rotates.
+    """
+    settings = retention or RetentionSettings()
     audit = logging.getLogger("orfeas.auth")
     target = str(path.resolve())
     if any(getattr(h, "baseFilename", None) == target for h in audit.handlers):
         return
-    handler = logging.FileHandler(target, encoding="utf-8")
+    handler = ConcurrentRotatingFileHandler(
+        target, maxBytes=settings.audit_max_bytes, backupCount=settings.audit_backups, encoding="utf-8"
+    )
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # the decision lines only: ``orfeas.auth.internal`` (store failures, plain text) propagates here too and
+    # would break the one-JSON-object-per-line file
+    handler.addFilter(_decisions_only)
     audit.addHandler(handler)
     audit.setLevel(logging.INFO)
 
@@ -54,7 +74,7 @@ class AgentService:
         master key."""
         storage = await Storage.open(config)
         if config.auth_audit_path is not None:
-            attach_audit_file(config.auth_audit_path)
+            attach_audit_file(config.auth_audit_path, config.retention)
         if config.mode == "dev":
             config = await prepare_dev_mode(config, storage.engine)
         service = cls(config, storage, load_master_key(config.auth), wake_workers)
@@ -75,6 +95,11 @@ class AgentService:
 
     async def ready(self) -> bool:
         return await self.storage.ready()
+
+    async def check_health(self) -> None:
+        """The replica health check: never raises for the database (see ``AgentIngress.check_health``)."""
+        if not await self.ready():
+            logger.warning("health check: the job database is unreachable; serving 503 until it is back")
 
     async def stop(self) -> None:
         await self.storage.close()

@@ -35,7 +35,7 @@ class Storage:
         engine = make_engine(config.resolved_database_url)
         await create_schema(engine)
         artifacts = ArtifactStore(config.artifacts_dir)
-        return cls(engine, artifacts, JobStore(engine, artifacts, config.jobs))
+        return cls(engine, artifacts, JobStore(engine, artifacts, config.jobs, retention=config.retention))
 
     async def ready(self) -> bool:
         """Whether the database answers (readiness and health checks)."""
@@ -43,8 +43,9 @@ class Storage:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             return True
-        except Exception:  # readiness reports, it does not raise
-            logger.warning("database not reachable", exc_info=True)
+        except Exception as exc:  # readiness reports, it does not raise
+            # no traceback: health checks ask every few seconds for as long as the outage lasts
+            logger.warning("database not reachable: %s", type(exc).__name__)
             return False
 
     async def close(self) -> None:

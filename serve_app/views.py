@@ -45,6 +45,8 @@ def job_view(job: JobRecord) -> dict[str, Any]:
         "error": error,
         "status_url": url,
         "events_url": f"{url}/events",
+        # set by the store for succeeded jobs; afterwards the result answers 410 result_expired
+        "result_expires_at": iso(job.result_expires_at),
         "result_urls": (
             {fmt: f"{url}/result?format={fmt}" for fmt in MESH_FORMATS} if job.status == "succeeded" else None
         ),

@@ -47,8 +47,9 @@ class JobWorker:
         }
 
     async def check_health(self) -> None:
-        if not await self._service.storage.ready():
-            raise RuntimeError("job database unreachable")
+        # Never fail on the database: Serve would restart the replica, which cures nothing and requeues the
+        # jobs in flight; the dispatcher rides a blip out. Only a dead loop warrants a restart.
+        self._service.check_health()
 
     async def __del__(self) -> None:
         # graceful: jobs in flight get jobs.stop_grace_s, the rest go back to the queue

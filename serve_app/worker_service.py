@@ -1,4 +1,5 @@
-"""The job worker's runtime: storage and the dispatcher, started and stopped together (no Ray here).
+"""The job worker's runtime: storage, the dispatcher and the retention sweeper, started and stopped together
+(no Ray here).
 
 The ``JobWorker`` deployment wraps it with the ShapeGenerator handle as the model call; in-process tests
 run it with a plain async function.
@@ -6,11 +7,14 @@ run it with a plain async function.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from serve_app.config import AppConfig
 from serve_app.jobs import Dispatcher, GenerateFn
+from serve_app.retention import Sweeper
 from serve_app.storage import Storage
 
 logger = logging.getLogger("orfeas.worker")
@@ -21,20 +25,34 @@ class WorkerService:
     config: AppConfig
     storage: Storage
     dispatcher: Dispatcher
+    sweeper: Sweeper
     running: bool = False
+    _sweep_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
-    async def start(cls, config: AppConfig, generate: GenerateFn, *, dispatch: bool | None = None) -> WorkerService:
-        """Open storage and start claiming at once, so jobs left by a previous run resume.
+    async def start(
+        cls, config: AppConfig, generate: GenerateFn, *, dispatch: bool | None = None, sweep: bool = True
+    ) -> WorkerService:
+        """Open storage and start claiming at once, so jobs left by a previous run resume; start sweeping.
 
-        ``dispatch`` overrides ``config.jobs.dispatch`` (tests that keep jobs queued).
+        ``dispatch`` overrides ``config.jobs.dispatch`` (tests that keep jobs queued); ``sweep=False``
+        leaves retention to explicit ``sweeper.sweep()`` calls (tests). A worker that does not dispatch still
+        sweeps: retention does not depend on jobs being run.
         """
         storage = await Storage.open(config)
-        dispatcher = Dispatcher(storage.store, storage.artifacts, generate, config.jobs)
-        service = cls(config, storage, dispatcher)
+        dispatcher = Dispatcher(
+            storage.store,
+            storage.artifacts,
+            generate,
+            config.jobs,
+            storage_retry_s=config.retention.storage_retry_after_s,
+        )
+        service = cls(config, storage, dispatcher, Sweeper(storage.store, storage.artifacts, config.retention))
         if config.jobs.dispatch if dispatch is None else dispatch:
             await dispatcher.start()
             service.running = True
+        if sweep:
+            service._sweep_task = asyncio.create_task(service._sweep_loop(), name="retention-sweeper")
         logger.info("job worker %s up (dispatching: %s)", dispatcher.worker_id, service.running)
         return service
 
@@ -42,8 +60,32 @@ class WorkerService:
         """A job was submitted: claim now instead of at the next poll."""
         self.dispatcher.notify()
 
+    def check_health(self) -> None:
+        """Raise only for what a replica restart would cure: the dispatcher's or the sweeper's loop died.
+
+        A database blip is not one of those: the loops ride it out (leases protect the jobs), and
+        restarting the replica would only requeue its jobs in flight.
+        """
+        for name, task in (("dispatcher", self.dispatcher.loop_task), ("sweeper", self._sweep_task)):
+            if task is not None and task.done() and not self.dispatcher.stopping:
+                raise RuntimeError(f"the job worker's {name} loop stopped")
+
+    async def _sweep_loop(self) -> None:
+        # Several workers sweep the same store; each pass is idempotent, so no coordination is needed.
+        while True:
+            try:
+                await self.sweeper.sweep()
+            except Exception:
+                logger.exception("retention sweep failed; retrying in %s s", self.config.retention.sweep_interval_s)
+            await asyncio.sleep(self.config.retention.sweep_interval_s)
+
     async def stop(self) -> None:
         """Jobs in flight get ``jobs.stop_grace_s`` to finish; the rest go back to the queue."""
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweep_task
+            self._sweep_task = None
         if self.running:
             await self.dispatcher.stop()
             self.running = False

@@ -117,7 +117,8 @@ _RESPONSES: dict[Reason, tuple[int, str, str, str]] = {
     "store_error": (
         503,
         "unavailable_error",
-        "auth_unavailable",
+        # the same code as every other store failure (serve_app.errors): agents branch on one
+        "storage_unavailable",
         "Authentication is temporarily unavailable; retry shortly.",
     ),
 }

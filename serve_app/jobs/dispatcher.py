@@ -12,7 +12,11 @@ One asyncio loop per instance (one per ``JobWorker`` replica). Each round it
 Exactly-once completion is the store's guarantee (completion is guarded by the lease owner); the
 dispatcher only has to never write for a job it abandoned. A model call lost with its replica
 (:class:`ModelUnavailable`) puts the job back in the queue, up to ``max_attempts`` runs: the job did nothing
-wrong, so it is not failed for it.
+wrong, so it is not failed for it. Neither is a job whose mesh could not be written (disk full or read-only):
+it goes back to the queue uncounted, and this instance claims nothing for ``storage_retry_s``, so a broken
+disk costs one model run per retry interval rather than a failed job or a hot loop. A job that fails for an
+unexpected reason is recorded with a generic message: exception text and paths are logged, never shown to
+agents.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ class ModelUnavailable(Exception):
     """The model call was lost with its replica (it died, or none could take it): not the job's fault."""
 
 
+class ResultNotStored(Exception):
+    """The mesh could not be written to the artifact store (``OSError``): not the job's fault either."""
+
+
+INTERNAL_ERROR_MESSAGE = "the job failed on an internal error; quote the job id to the operator"
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
@@ -58,6 +69,7 @@ class Dispatcher:
         *,
         worker_id: str | None = None,
         events: JobEvents | None = None,
+        storage_retry_s: float = 30.0,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
@@ -69,12 +81,19 @@ class Dispatcher:
         self._jobs: dict[str, JobRecord] = {}
         self._finishing: set[str] = set()  # writing their final state: never abandon these
         self._wake = asyncio.Event()
+        self._storage_retry_s = storage_retry_s
+        self._claims_paused_until = 0.0  # monotonic; set when a result could not be written
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
 
     @property
     def in_flight(self) -> frozenset[str]:
         return frozenset(self._tasks)
+
+    @property
+    def loop_task(self) -> asyncio.Task[None] | None:
+        """The claim loop's task once started (health checks look whether it is still alive)."""
+        return self._loop_task
 
     @property
     def stopping(self) -> bool:
@@ -95,7 +114,8 @@ class Dispatcher:
         self._stopping = True
         self._wake.set()
         if self._loop_task is not None:
-            await self._loop_task
+            # a loop that died (the health check reports it) must not keep its jobs from being released
+            await asyncio.gather(self._loop_task, return_exceptions=True)
         tasks = list(self._tasks.items())
         if not tasks:
             return
@@ -129,7 +149,7 @@ class Dispatcher:
                     await self._maintain()
                     next_maintenance = time.monotonic() + settings.maintenance_interval_s
                 free = settings.dispatcher_concurrency - len(self._tasks)
-                if free > 0:
+                if free > 0 and time.monotonic() >= self._claims_paused_until:
                     for job in await self._store.claim(self.worker_id, free, settings.lease_s):
                         self._start_job(job)
                 if time.monotonic() >= next_heartbeat:
@@ -198,12 +218,29 @@ class Dispatcher:
             if status == "failed":
                 self._publish(job, "failed", "failed", job.progress, error_code=ErrorCode.MODEL_UNAVAILABLE.value)
             return
+        except ResultNotStored:
+            self._finishing.add(job.id)
+            self._claims_paused_until = time.monotonic() + self._storage_retry_s
+            logger.warning(
+                "job %s: its mesh could not be stored; back in the queue, claims paused %.0f s",
+                job.id,
+                self._storage_retry_s,
+                exc_info=True,
+            )
+            if await self._store.defer(job.id, self.worker_id):
+                self._publish(job, "queued", "queued", 0)
+            return
         except Exception as exc:
-            if isinstance(exc, GenerationError):
+            code: ErrorCode
+            if isinstance(exc, GenerationError) and exc.code != ErrorCode.INTERNAL_ERROR:
                 code, message = exc.code, exc.message
+            elif isinstance(exc, GenerationError):
+                # the model's own bug report carries exception text: the log keeps it, the agent gets the code
+                logger.error("job %s: the model failed on an internal error: %s", job.id, exc.message)
+                code, message = ErrorCode.INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE
             else:
                 logger.exception("job %s failed", job.id)
-                code, message = ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+                code, message = ErrorCode.INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE
             timings["total_s"] = time.perf_counter() - began
             self._finishing.add(job.id)
             if await self._store.fail(job.id, self.worker_id, code=code, message=message, timings=timings):
@@ -220,7 +257,7 @@ class Dispatcher:
     async def _produce(self, job: JobRecord, timings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The model call and the mesh file: (its relative path, its mesh statistics).
 
-        Raises the request's ``GenerationError`` or ``ModelUnavailable``.
+        Raises the request's ``GenerationError``, ``ModelUnavailable`` or ``ResultNotStored``.
         """
         image = await asyncio.to_thread(self._artifacts.read_bytes, job.input_path)
         try:
@@ -242,7 +279,10 @@ class Dispatcher:
         # A fresh name per run: a stale run (abandoned while its write finishes) can never overwrite, or
         # delete, the file of the run that completed the job; completion then decides whose file counts.
         relpath = f"results/{job.id}/mesh-{secrets.token_hex(8)}.{CANONICAL_FORMAT}"
-        await asyncio.to_thread(self._artifacts.put_bytes, relpath, outcome.glb)
+        try:
+            await asyncio.to_thread(self._artifacts.put_bytes, relpath, outcome.glb)
+        except OSError as exc:
+            raise ResultNotStored(f"writing {relpath} failed") from exc
         timings["store_s"] = time.perf_counter() - started
         return relpath, outcome.stats.to_dict()
 

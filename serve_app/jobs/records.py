@@ -77,10 +77,13 @@ class JobRecord:
     mesh_stats: dict[str, Any] | None
     timings: dict[str, Any] | None
     result_path: str | None
+    # Not a column: derived by the store from finished_at and the retention TTL (None: no result, or kept
+    # forever), so that every view of the job can say when its result goes.
+    result_expires_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
 
     @property
     def terminal(self) -> bool:

@@ -4,6 +4,12 @@ Every state change is one guarded statement (``UPDATE ... WHERE status = ... [AN
 the outcome of a race is decided by the database on both backends: a job is claimed by one worker, and a
 worker that lost its lease (expired and requeued, or the job was cancelled) cannot complete or fail it.
 Times come from an injected clock (naive UTC) so that tests can move it.
+
+Every terminal transition (complete, fail, cancel, expire, give up) deletes the job's input image right after
+its update commits: the input is only needed while the job may still run. One that ends without a result also
+deletes ``results/<job_id>/``, where a run that crashed before completing may have left its mesh. A delete
+that fails (the disk is read-only, the process dies) leaves the file to the retention sweeper; it never undoes
+the transition.
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from deployments.contract import JOB_STATUSES, MAX_DRAWN_SEED, ErrorCode
@@ -36,9 +44,12 @@ from serve_app.jobs.records import (
     Submission,
 )
 from serve_app.quota_store import lock_agent
+from serve_app.retention import RESULTS_DIR, RetentionSettings
 
 Clock = Callable[[], datetime]
 MAX_PAGE_SIZE = 200
+
+logger = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -53,16 +64,31 @@ class JobStore:
         settings: JobSettings | None = None,
         *,
         clock: Clock = utcnow,
+        retention: RetentionSettings | None = None,
     ) -> None:
         self._engine = engine
         self._artifacts = artifacts
         self.settings = settings or JobSettings()
+        self.retention = retention or RetentionSettings()
         self._clock = clock
         self._row_locks = engine.dialect.name == "postgresql"
 
     def now(self) -> datetime:
         """The store's clock (naive UTC), for timestamps that must agree with the rows'."""
         return self._clock()
+
+    def result_expires_at(self, job: JobRecord) -> datetime | None:
+        """When a succeeded job's result stops being served (None: not succeeded, or kept forever)."""
+        ttl = self.retention.result_ttl
+        if job.status != "succeeded" or job.finished_at is None or ttl is None:
+            return None
+        return job.finished_at + ttl
+
+    def result_expired(self, job: JobRecord) -> bool:
+        """Decided from ``finished_at``, so it holds from the moment of expiry, before any sweep; a result the
+        sweeper already deleted (``result_path`` cleared) is expired too."""
+        expires_at = self.result_expires_at(job)
+        return job.result_path is None or (expires_at is not None and self._clock() >= expires_at)
 
     # ---- agent side -------------------------------------------------------------------------------------
 
@@ -247,7 +273,7 @@ class JobStore:
         A running job is marked cancelled at once: its worker's completion is then refused, and the worker
         notices at its next heartbeat and stops generating.
         """
-        await self._execute(
+        await self._finish(
             update(JOBS)
             .where(JOBS.c.id == job_id, JOBS.c.agent == agent, JOBS.c.status.in_(("queued", "running")))
             .values(
@@ -298,7 +324,7 @@ class JobStore:
     ) -> bool:
         """Mark the job succeeded; False (and nothing changes) unless this worker still holds it."""
         return (
-            await self._execute(
+            await self._finish(
                 update(JOBS)
                 .where(JOBS.c.id == job_id, *self._owned(worker_id))
                 .values(
@@ -311,7 +337,8 @@ class JobStore:
                     timings=timings,
                     lease_owner=None,
                     lease_expires_at=None,
-                )
+                ),
+                succeeded=True,
             )
             == 1
         )
@@ -328,7 +355,7 @@ class JobStore:
         """Mark the job failed with an error (retryable as its code says); False unless this worker still
         holds it."""
         return (
-            await self._execute(
+            await self._finish(
                 update(JOBS)
                 .where(JOBS.c.id == job_id, *self._owned(worker_id))
                 .values({**_failed_values(code, message, self._clock()), "timings": timings})
@@ -352,12 +379,16 @@ class JobStore:
             )
             if requeued.rowcount == 1:
                 return "queued"
-            failed = await conn.execute(
-                update(JOBS)
-                .where(*owned)
-                .values(_failed_values(code, f"{message} (on all {max_attempts} attempts)", self._clock()))
-            )
-            return "failed" if failed.rowcount == 1 else None
+            failed = (
+                await conn.execute(
+                    update(JOBS)
+                    .where(*owned)
+                    .values(_failed_values(code, f"{message} (on all {max_attempts} attempts)", self._clock()))
+                    .returning(JOBS.c.id, JOBS.c.input_path)
+                )
+            ).all()
+        await self._drop_artifacts(failed)
+        return "failed" if failed else None
 
     async def release(self, job_id: str, worker_id: str) -> bool:
         """Put a held job back in the queue without counting the attempt (graceful shutdown)."""
@@ -366,6 +397,21 @@ class JobStore:
                 update(JOBS)
                 .where(JOBS.c.id == job_id, *self._owned(worker_id))
                 .values(_requeued_values(attempts=JOBS.c.attempts - 1))
+            )
+            == 1
+        )
+
+    async def defer(self, job_id: str, worker_id: str) -> bool:
+        """Put a held job back in the queue because this worker could not store its result (disk full or
+        read-only): not the job's fault, so the run is not counted, but the job stays marked as started
+        (``attempts`` >= 1) so that its start deadline cannot expire it while storage recovers."""
+        return (
+            await self._execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, *self._owned(worker_id))
+                .values(
+                    _requeued_values(attempts=case((JOBS.c.attempts > 1, JOBS.c.attempts - 1), else_=JOBS.c.attempts))
+                )
             )
             == 1
         )
@@ -384,10 +430,12 @@ class JobStore:
                 error_message="the job was not started before its deadline",
                 retryable=ErrorCode.DEADLINE_EXCEEDED.retryable,
             )
-            .returning(JOBS.c.id)
+            .returning(JOBS.c.id, JOBS.c.input_path)
         )
         async with self._engine.begin() as conn:
-            return list((await conn.execute(stmt)).scalars().all())
+            rows = (await conn.execute(stmt)).all()
+        await self._drop_artifacts(rows)
+        return [row.id for row in rows]
 
     async def requeue_expired_leases(self) -> tuple[list[str], list[str]]:
         """Recover jobs whose worker stopped renewing its lease (crash, restart, partition).
@@ -408,7 +456,7 @@ class JobStore:
                     now,
                 )
             )
-            .returning(JOBS.c.id)
+            .returning(JOBS.c.id, JOBS.c.input_path)
         )
         requeue = (
             update(JOBS)
@@ -417,12 +465,42 @@ class JobStore:
             .returning(JOBS.c.id)
         )
         async with self._engine.begin() as conn:
-            failed = list((await conn.execute(give_up)).scalars().all())
+            given_up = (await conn.execute(give_up)).all()
             requeued = list((await conn.execute(requeue)).scalars().all())
-        return requeued, failed
+        await self._drop_artifacts(given_up)
+        return requeued, [row.id for row in given_up]
 
     async def purge_idempotency_keys(self) -> int:
         return await idempotency.purge(self._engine, now=self._clock(), ttl_s=self.settings.idempotency_ttl_s)
+
+    # ---- retention --------------------------------------------------------------------------------------
+
+    async def expired_results(self, finished_before: datetime, limit: int) -> list[tuple[str, str]]:
+        """(job id, result path) of up to ``limit`` succeeded jobs finished before ``finished_before`` whose
+        result has not been deleted yet, oldest first."""
+        stmt = (
+            select(JOBS.c.id, JOBS.c.result_path)
+            .where(JOBS.c.status == "succeeded", JOBS.c.result_path.is_not(None), JOBS.c.finished_at < finished_before)
+            .order_by(JOBS.c.finished_at)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            return [(row.id, row.result_path) for row in (await conn.execute(stmt)).all()]
+
+    async def forget_result(self, job_id: str, result_path: str) -> bool:
+        """Record that the job's result was deleted; False when another sweeper recorded it first."""
+        stmt = update(JOBS).where(JOBS.c.id == job_id, JOBS.c.result_path == result_path).values(result_path=None)
+        return await self._execute(stmt) == 1
+
+    async def statuses(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """The status of each of ``job_ids`` that exists (any agent's: for the sweeper, never for agents)."""
+        found: dict[str, str] = {}
+        ids = list(job_ids)
+        for start in range(0, len(ids), 500):  # bounded IN lists
+            stmt = select(JOBS.c.id, JOBS.c.status).where(JOBS.c.id.in_(ids[start : start + 500]))
+            async with self._engine.connect() as conn:
+                found.update({row.id: row.status for row in (await conn.execute(stmt)).all()})
+        return found
 
     # ---- helpers ----------------------------------------------------------------------------------------
 
@@ -433,11 +511,33 @@ class JobStore:
     async def _select(self, stmt: Any) -> list[JobRecord]:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).mappings().all()
-        return [JobRecord.from_row(row) for row in rows]
+        jobs = [JobRecord.from_row(row) for row in rows]
+        return [replace(job, result_expires_at=self.result_expires_at(job)) for job in jobs]
 
     async def _execute(self, stmt: Any) -> int:
         async with self._engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount
+
+    async def _finish(self, stmt: Any, *, succeeded: bool = False) -> int:
+        """Run a terminal transition, then delete what the jobs it finished no longer need; returns their number."""
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(stmt.returning(JOBS.c.id, JOBS.c.input_path))).all()
+        await self._drop_artifacts(rows, succeeded=succeeded)
+        return len(rows)
+
+    async def _drop_artifacts(self, rows: Sequence[Any], *, succeeded: bool = False) -> None:
+        """The inputs of ended jobs (``rows`` with ``id`` and ``input_path``); for jobs that ended without a
+        result also ``results/<id>/``: meshes of runs that crashed between writing and completing."""
+
+        def drop() -> None:
+            # Neither call raises: what cannot be deleted now, the sweeper deletes later.
+            for row in rows:
+                self._artifacts.delete(row.input_path)
+                if not succeeded:
+                    self._artifacts.delete_tree(f"{RESULTS_DIR}/{row.id}")
+
+        if rows:
+            await asyncio.to_thread(drop)
 
 
 async def _check_agent_quota(conn: AsyncConnection, agent: str, limit: int, *, adding: int, ours: int = 0) -> int:

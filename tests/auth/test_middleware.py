@@ -683,7 +683,7 @@ async def test_middleware_fails_closed_when_nonce_store_fails(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert response.json() == error(
-        "auth_unavailable",
+        "storage_unavailable",
         "Authentication is temporarily unavailable; retry shortly.",
         response,
         type_="unavailable_error",

@@ -16,6 +16,7 @@ from serve_app.artifacts import ArtifactStore
 from serve_app.config import JobSettings
 from serve_app.db import create_schema, make_engine
 from serve_app.jobs import Dispatcher, JobEvent, JobStore
+from serve_app.jobs.dispatcher import INTERNAL_ERROR_MESSAGE
 from tests.jobs.helpers import AGENT_A, AGENT_B, IMAGE, FakeModel, new_job, wait_for_status, wait_until
 
 FAST = JobSettings(
@@ -119,7 +120,13 @@ async def test_dispatcher_calls_the_model_concurrently(
     [
         (GenerationError(ErrorCode.OUT_OF_MEMORY, "CUDA OOM at batch 8"), "out_of_memory", "CUDA OOM at batch 8", True),
         (GenerationError(ErrorCode.EMPTY_SURFACE, "no surface"), "empty_surface", "no surface", False),
-        (RuntimeError("boom"), "internal_error", "RuntimeError: boom", True),
+        (RuntimeError("boom /secret/path"), "internal_error", INTERNAL_ERROR_MESSAGE, True),
+        (
+            GenerationError(ErrorCode.INTERNAL_ERROR, "surface extraction: bad index in /srv/x.py"),
+            "internal_error",
+            INTERNAL_ERROR_MESSAGE,
+            True,
+        ),
     ],
 )
 async def test_dispatcher_records_model_failures(
