@@ -32,7 +32,16 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.auth.audit import AuthDecision, log_decision
-from serve_app.auth.body import Body, BodyTimeout, BodyTooLarge, ClientGone, declared_length, read_body
+from serve_app.auth.body import (
+    EMPTY,
+    Body,
+    BodyTimeout,
+    BodyTooLarge,
+    ClientGone,
+    declared_length,
+    declares_no_body,
+    read_body,
+)
 from serve_app.auth.errors import error_response
 from serve_app.auth.keys import KeyStore
 from serve_app.auth.network import IPAddress, client_ip, client_subject
@@ -157,12 +166,14 @@ class AgentAuthMiddleware:
             return denial
         return await self._verify(scope, receive, ctx.client_ip, ctx.client, now)
 
-    async def _receive_body(self, receive: Receive, client: str) -> Body | Denial:
+    async def _receive_body(self, scope: Scope, receive: Receive, client: str) -> Body | Denial:
         """The body under one deadline, holding a pending slot while it arrives.
 
         The slot covers only the phase the client controls (a slow upload pins a connection and memory);
         the checks after it are the server's own work, so a busy database cannot make an honest agent with
         many requests in flight hit its per-client cap."""
+        if declares_no_body(scope):
+            return EMPTY
         full = self.pending.acquire(client)
         if full == "per_client":
             return deny("too_many_pending", retry_after=_PENDING_RETRY_AFTER_S, detail="per-client pending cap")
@@ -192,7 +203,7 @@ class AgentAuthMiddleware:
             return checked
         # Unknown, revoked and expired keys wait for the body like a real key would: refusing them at
         # once would tell a prober which key ids exist by whether the server wants the body.
-        body = await self._receive_body(receive, client)
+        body = await self._receive_body(scope, receive, client)
         if isinstance(body, Denial):
             return body
         if isinstance(checked, Denial):

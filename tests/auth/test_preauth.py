@@ -176,8 +176,10 @@ async def test_preauth_caps_pending_requests_per_client(
         client_for(app, ip="192.0.2.1", auth=signer_for(agent_key)) as same,
         client_for(app, ip="192.0.2.2", auth=signer_for(agent_key)) as other,
     ):
-        refused = await same.get("/api/agent/jobs/job_1")
-        accepted = await other.get("/api/agent/jobs/job_1")
+        refused = await same.post("/api/agent/jobs", content=b"{}")
+        accepted = await other.post("/api/agent/jobs", content=b"{}")
+        # a request that declares no body receives nothing, so it takes no slot (a GET behind the cap passes)
+        bodiless = await same.get("/api/agent/jobs/job_1")
     for upload, task in stalled:
         upload.finish()
         await task
@@ -190,9 +192,9 @@ async def test_preauth_caps_pending_requests_per_client(
         type_="rate_limit_error",
         retryable=True,
     )
-    assert accepted.status_code == 200
+    assert (accepted.status_code, bodiless.status_code) == (201, 200)
     assert [upload.status for upload, _ in stalled] == [201, 201]
-    assert sorted(auth_log.reasons()) == ["ok", "ok", "ok", "too_many_pending"]
+    assert sorted(auth_log.reasons()) == ["ok", "ok", "ok", "ok", "too_many_pending"]
 
 
 async def test_preauth_caps_pending_requests_in_total(
@@ -201,7 +203,7 @@ async def test_preauth_caps_pending_requests_in_total(
     app = build_app(engine, master_key, slow_settings)
     stalled = [await _stalled(app, agent_key, f"192.0.2.{i}") for i in range(3)]
     async with client_for(app, ip="192.0.2.9", auth=signer_for(agent_key)) as client:
-        refused = await client.get("/api/agent/jobs/job_1")
+        refused = await client.post("/api/agent/jobs", content=b"{}")
     for upload, task in stalled:
         upload.finish()
         await task
@@ -225,7 +227,7 @@ async def test_preauth_pending_caps_do_not_count_as_failures(
     app = build_app(engine, master_key, settings)
     upload, task = await _stalled(app, agent_key, "127.0.0.1")
     async with client_for(app, auth=signer_for(agent_key)) as client:
-        refused = [(await client.get("/api/agent/jobs/job_1")).status_code for _ in range(3)]
+        refused = [(await client.post("/api/agent/jobs", content=b"{}")).status_code for _ in range(3)]
         upload.finish()
         await task
         after = await client.get("/api/agent/jobs/job_1")
@@ -261,7 +263,7 @@ async def test_preauth_caps_ipv6_pending_per_64(
     app = build_app(engine, master_key, slow_settings)
     stalled = [await _stalled(app, agent_key, f"2001:db8::{i}") for i in (1, 2)]
     async with client_for(app, ip="2001:db8::3", auth=signer_for(agent_key)) as client:
-        refused = await client.get("/api/agent/jobs/job_1")
+        refused = await client.post("/api/agent/jobs", content=b"{}")
     for upload, task in stalled:
         upload.finish()
         await task
@@ -334,3 +336,26 @@ async def test_preauth_wrong_digest_for_a_real_key_answers_like_a_made_up_key(
         statuses.append((upload.status, upload.json()["code"]))
     assert statuses == [(401, "bad_signature"), (401, "bad_signature")]
     assert auth_log.reasons() == ["bad_signature", "unknown_key"]
+
+
+async def test_preauth_does_not_receive_a_body_that_http_framing_rules_out(
+    engine: AsyncEngine, master_key: Secret, agent_key: KeyMaterial
+) -> None:
+    # behind Serve's proxy every receive() is a call to the proxy actor: a GET must not make one
+    app = build_app(engine, master_key)
+    request = httpx.Request("GET", "http://testserver/api/agent/jobs/job_1")
+    signer_for(agent_key).sign(request)
+    scope = raw_scope(request)
+    received: list[Any] = []
+
+    async def receive() -> Any:
+        received.append(1)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 200 and received == []

@@ -152,10 +152,11 @@ def _response_of(sock: socket.socket) -> tuple[int, dict]:
 
 
 def _until_refused(client: httpx.Client, path: str) -> httpx.Response:
-    """GET ``path`` until it is refused with 429 (the slow bodies reached the replica), within WAIT_S."""
+    """POST a small body to ``path`` until it is refused with 429 (the slow bodies reached the replica),
+    within WAIT_S. (A bodiless GET takes no pending slot: it is never refused by the cap.)"""
     deadline = time.monotonic() + WAIT_S
     while True:
-        response = client.get(path)
+        response = client.post(path, json={})
         if response.status_code == 429 or time.monotonic() > deadline:
             return response
         time.sleep(0.1)
@@ -166,7 +167,8 @@ def test_proxy_times_out_slow_bodies_and_keeps_serving_signed_calls(proxy_app: P
     slow = [_slow_post(proxy_app.base_url, proxy_app.dev) for _ in range(PENDING_PER_IP)]
     with proxy_app.client("127.0.0.1", proxy_app.dev) as same_peer:
         # the slow bodies hold every pending slot of 127.0.0.1 ...
-        over_cap = _until_refused(same_peer, "/api/agent/capabilities")
+        over_cap = _until_refused(same_peer, "/api/agent/jobs")
+        bodiless = same_peer.get("/api/agent/capabilities")  # receives nothing: takes no slot
         # ... while another client's signed call goes through
         with proxy_app.client("127.0.0.2", proxy_app.dev) as other:
             meanwhile = other.get("/api/agent/jobs/job_does_not_exist")
@@ -175,6 +177,7 @@ def test_proxy_times_out_slow_bodies_and_keeps_serving_signed_calls(proxy_app: P
         after = same_peer.get("/api/agent/capabilities")  # the slots were freed
     assert over_cap.status_code == 429 and over_cap.json()["code"] == "too_many_pending"
     assert over_cap.headers["retry-after"] == "1"
+    assert bodiless.status_code == 200
     assert meanwhile.status_code == 404
     assert answered_after >= BODY_TIMEOUT_S  # not before the deadline (an upper bound would be timing-flaky)
     message = f"The request body did not arrive within {BODY_TIMEOUT_S:g} s."
