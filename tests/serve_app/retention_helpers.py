@@ -18,20 +18,15 @@ from serve_app.jobs import GenerateFn
 from serve_app.service import AgentService
 from serve_app.worker_service import WorkerService
 
-from .conftest import sphere_model
+from .conftest import Api, sphere_model
 
 
-class App:
-    def __init__(self, config: AppConfig, service: AgentService, worker: WorkerService, client: httpx.AsyncClient):
-        self.config = config
-        self.service = service
-        self.worker = worker
-        self.client = client
+class App(Api):
+    """``conftest.Api`` with waits on any status and the config the service runs with."""
 
-    async def stop(self) -> None:
-        await self.client.aclose()
-        await self.worker.stop()
-        await self.service.stop()
+    @property
+    def config(self) -> AppConfig:
+        return self.service.config
 
     async def wait_status(self, job_id: str, statuses: tuple[str, ...], timeout: float = 30.0) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -69,7 +64,7 @@ async def start_app(
     client = httpx.AsyncClient(
         transport=transport, base_url="http://testserver", auth=AgentSigner(dev["key_id"], dev["secret"])
     )
-    return App(config, service, worker, client)
+    return App(service, worker, client)
 
 
 def finished_at(job_view: dict[str, Any]) -> datetime:
