@@ -210,11 +210,11 @@ class ShapePipeline:
         batch = len(seeds)
         pixels = pixels.to(self.device, self.dtype)
 
-        # 1. condition: ONE encoder pass; CFG appends the zero (unconditional) rows -> (2B, T, C)
+        # 1. condition: ONE encoder pass -> (B, T, C). CFG's unconditional context is T copies of one zero
+        #    token: it runs as that one token standing for T (exact; see Hunyuan3DDiT.forward)
         with timings.stage("conditioner", self.device):
             cond = self.conditioner(pixels)
-            if self.config.uses_cfg:
-                cond = torch.cat([cond, self.conditioner.unconditional(batch)], dim=0)
+            uncond = self.conditioner.unconditional(batch)[:, :1] if self.config.uses_cfg else None
 
         # 2. flow matching: ONE DiT call per step for the whole batch
         with timings.stage("diffusion", self.device):
@@ -225,12 +225,12 @@ class ShapePipeline:
                 guidance = torch.full((batch,), params.guidance_scale, device=self.device, dtype=self.dtype)
             train_steps = self.config.scheduler.num_train_timesteps
             for t in scheduler.timesteps[: steps_that_move(scheduler)]:
-                model_input = torch.cat([latents, latents]) if self.config.uses_cfg else latents
-                t_model = t.expand(model_input.shape[0]).to(latents.dtype) / train_steps
-                velocity = self.dit(model_input, t_model, cond, guidance)
-                if self.config.uses_cfg:
-                    v_cond, v_uncond = velocity.chunk(2)
-                    velocity = v_uncond + params.guidance_scale * (v_cond - v_uncond)
+                t_model = t.expand(batch).to(latents.dtype) / train_steps
+                velocity = self.dit(latents, t_model, cond, guidance)
+                if uncond is not None:
+                    # two DiT calls of B rows: the unconditional one has T - 1 fewer tokens than the other
+                    v_uncond = self.dit(latents, t_model, uncond, None, cond_copies=cond.shape[1])
+                    velocity = v_uncond + params.guidance_scale * (velocity - v_uncond)
                 latents = scheduler.step(velocity, t, latents).prev_sample  # Euler step in fp32
         return latents
 

@@ -129,7 +129,7 @@ def _full_schedule_latents(pipe, pixels, seeds, params):
     return latents
 
 
-def test_sample_skips_the_zero_step_with_identical_latents(tiny_cfg_pipeline, test_images):
+def test_sample_skips_the_zero_step_and_collapses_the_unconditional_context(tiny_cfg_pipeline, test_images):
     pipe = tiny_cfg_pipeline
     params = GenerationParams(num_inference_steps=4, octree_resolution=32)
     pixels = pipe.preprocess(test_images[:2])
@@ -139,5 +139,17 @@ def test_sample_skips_the_zero_step_with_identical_latents(tiny_cfg_pipeline, te
         latents = pipe.sample(pixels, [1, 2], params)
     finally:
         hook.remove()
-    assert len(calls) == 3  # 4 steps, the last of length zero
-    assert torch.equal(latents, _full_schedule_latents(pipe, pixels, [1, 2], params))
+    assert len(calls) == 2 * 3  # 4 steps, the last of length zero; a conditional and an unconditional call
+    torch.testing.assert_close(latents, _full_schedule_latents(pipe, pixels, [1, 2], params), atol=1e-5, rtol=0)
+
+
+def test_dit_one_token_with_copies_equals_the_copies(tiny_cfg_pipeline):
+    dit = tiny_cfg_pipeline.dit
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, dit.cfg.in_channels, generator=generator)
+    t = torch.tensor([0.3, 0.8])
+    token = torch.randn(2, 1, dit.cfg.context_in_dim, generator=generator)
+    with torch.inference_mode():
+        copies = dit(x, t, token.expand(2, 37, -1).contiguous(), None)
+        one = dit(x, t, token, None, cond_copies=37)
+    torch.testing.assert_close(one, copies, atol=1e-5, rtol=0)
