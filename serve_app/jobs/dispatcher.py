@@ -129,12 +129,20 @@ class Dispatcher:
         await asyncio.gather(*(task for _, task in tasks), return_exceptions=True)
 
     async def kill(self) -> None:
-        """Stop at once writing nothing, as a crash would: the leases expire and another instance retries."""
+        """Stop at once, writing nothing more for the jobs in flight, as a crash would: their leases expire
+        and another instance retries them.
+
+        The loop is let finish its current round instead of being cancelled: cancelled inside a statement,
+        an in-process SQLite connection can keep its write lock (a real crash releases it with the process),
+        and every other writer then waits out the busy timeout."""
         self._stopping = True
-        everything = [t for t in (self._loop_task, *self._tasks.values()) if t is not None]
-        for task in everything:
+        self._wake.set()
+        jobs = list(self._tasks.values())
+        for task in jobs:
             task.cancel()
-        await asyncio.gather(*everything, return_exceptions=True)
+        if self._loop_task is not None:
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await asyncio.gather(*jobs, return_exceptions=True)
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
