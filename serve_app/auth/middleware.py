@@ -183,20 +183,22 @@ class AgentAuthMiddleware:
         try:
             return await read_body(receive, limit=limit, timeout_s=timeout_s)
         except BodyTooLarge:
-            return deny("body_too_large", message=f"Request body exceeds {limit} bytes.")
+            return self._too_large()
         except BodyTimeout:
             return deny("body_timeout", message=f"The request body did not arrive within {timeout_s:g} s.")
         finally:
             self.pending.release(client)
 
+    def _too_large(self) -> Denial:
+        """The one refusal of a body over the limit, whether announced (Content-Length) or received."""
+        return deny("body_too_large", message=f"Request body exceeds {self.settings.max_body_bytes} bytes.")
+
     async def _verify(
         self, scope: Scope, receive: Receive, address: IPAddress, client: str, now: float
     ) -> Denial | tuple[Principal, bytes]:
-        limit = self.settings.max_body_bytes
-        too_large = deny("body_too_large", message=f"Request body exceeds {limit} bytes.")
         declared = declared_length(scope)
-        if declared is not None and declared > limit:
-            return too_large
+        if declared is not None and declared > self.settings.max_body_bytes:
+            return self._too_large()
         # 2-5. signature format, window, key, key CIDRs: from the headers, before any body byte
         checked = await self.verifier.check_headers(_signed_request(scope, self.settings, address), now)
         if isinstance(checked, Denial) and not checked.answers_like_bad_signature:
