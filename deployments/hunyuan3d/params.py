@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-VolumeDecoderName = Literal["dense", "hierarchical"]
-VOLUME_DECODERS: tuple[VolumeDecoderName, ...] = ("dense", "hierarchical")
+VolumeDecoderName = Literal["dense", "hierarchical", "adaptive"]
+VOLUME_DECODERS: tuple[VolumeDecoderName, ...] = ("dense", "hierarchical", "adaptive")
 
 # Bounds an API should enforce; the pipeline itself works outside them too, but not usefully.
 MAX_INFERENCE_STEPS = 200
@@ -24,8 +24,10 @@ class GenerationParams:
     ``guidance_scale``: CFG scale, or the guidance embedding value for distilled (fast/turbo) models.
     ``octree_resolution``: R, the marching-cubes grid has (R+1)^3 points over [-box_v, box_v]^3.
     ``box_v``: half the edge of the decoded cube. ``mc_level``: iso level of the occupancy logits.
-    ``volume_decoder``: ``dense`` decodes every grid point; ``hierarchical`` decodes coarse-to-fine, only near the
-    surface. ``num_chunks``: query points per geometry-decoder call (memory vs speed).
+    ``volume_decoder``: ``dense`` decodes every grid point; ``hierarchical`` decodes coarse-to-fine, only where the
+    surface is, with the dense mesh; ``adaptive`` adds FlashVDM's adaptive KV selection to it (faster, within a
+    tested tolerance of dense: see docs/operations.md). ``num_chunks``: query points per geometry-decoder call
+    (memory vs speed).
     """
 
     num_inference_steps: int = 50

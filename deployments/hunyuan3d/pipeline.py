@@ -30,9 +30,10 @@ from .config import SchedulerConfig, ShapeModelConfig, named_config
 from .dit import Hunyuan3DDiT
 from .image_processing import ImageProcessor
 from .params import GenerationParams
-from .surface import extract_surfaces
+from .point_decoding import BatchGeometryDecoder, adaptive_kv_count
+from .surface import SurfaceInput, extract_surfaces
 from .vae import ShapeVAEDecoder
-from .volume import decode_dense, decode_hierarchical
+from .volume import SparseVolume, decode_dense, decode_hierarchical
 
 STAGES = ("preprocess", "conditioner", "diffusion", "vae", "volume_decoding", "surface_extraction")
 
@@ -235,31 +236,31 @@ class ShapePipeline:
         return latents
 
     @torch.inference_mode()
-    def decode_volumes(self, latents: Tensor, params: GenerationParams, timings: StageTimings | None = None) -> Tensor:
-        """(B, N, C) latents -> (B, R+1, R+1, R+1) float32 occupancy logits on CPU."""
+    def decode_volumes(
+        self, latents: Tensor, params: GenerationParams, timings: StageTimings | None = None
+    ) -> list[SparseVolume]:
+        """(B, N, C) latents -> B occupancy volumes on CPU (only the decoded band and the level below it
+        leave the device)."""
         timings = timings or StageTimings()
         with timings.stage("vae", self.device):
             # latents were trained scaled by scale_factor; the official code multiplies by the reciprocal
             tokens = self.vae(latents.to(self.device, self.dtype) * (1.0 / self.config.vae.scale_factor))
             kv = self.vae.geo_decoder.prepare_kv(tokens)
 
-        def decode(points: Tensor) -> Tensor:
-            return self.vae.geo_decoder(points.to(self.dtype), kv)
-
         with timings.stage("volume_decoding", self.device):
-            batch, r = latents.shape[0], params.octree_resolution
+            kv_count = adaptive_kv_count(kv.keys.shape[2]) if params.volume_decoder == "adaptive" else None
+            decoder = BatchGeometryDecoder(self.vae.geo_decoder, kv, self.dtype, params.num_chunks, kv_count)
+            r = params.octree_resolution
             if params.volume_decoder == "dense":
-                grids = decode_dense(decode, batch, r, params.box_v, params.num_chunks, self.device)
+                volumes = decode_dense(decoder, r, params.box_v, params.num_chunks, self.device)
             else:
-                grids = decode_hierarchical(
-                    decode, batch, r, params.box_v, params.num_chunks, params.mc_level, self.device
-                )
-            grids = grids.float().cpu()
-        return grids
+                volumes = decode_hierarchical(decoder, r, params.box_v, params.num_chunks, params.mc_level, self.device)
+            volumes = [volume.cpu() for volume in volumes]
+        return volumes
 
     def extract_surfaces(
         self,
-        grids: Tensor,
+        grids: Sequence[SurfaceInput],
         params: GenerationParams,
         timings: StageTimings | None = None,
         return_exceptions: bool = False,
@@ -275,7 +276,7 @@ class ShapePipeline:
         seeds: Sequence[int],
         params: GenerationParams,
         timings: StageTimings | None = None,
-    ) -> Tensor:
+    ) -> list[SparseVolume]:
         """The accelerator section: condition, sample and decode volumes of preprocessed ``pixels``."""
         latents = self.sample(pixels, seeds, params, timings)
         return self.decode_volumes(latents, params, timings)

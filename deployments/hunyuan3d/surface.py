@@ -1,44 +1,83 @@
-"""Surface extraction: marching cubes per sample and meshes in the official frame."""
+"""Surface extraction: marching cubes per sample, in parallel, and meshes in the official frame."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import torch
 import trimesh
 from skimage import measure
 from torch import Tensor
+
+from .volume import SparseVolume
+
+# What marching cubes accepts: a decoder's sparse volume, or one dense (R+1)^3 grid
+SurfaceInput = SparseVolume | Tensor | np.ndarray
 
 
 class EmptySurfaceError(ValueError):
     """The decoded occupancy never crosses the iso level: there is no surface to extract."""
 
 
-def extract_surface(grid: Tensor | np.ndarray, level: float, box_v: float, resolution: int) -> trimesh.Trimesh:
-    """One (R+1)^3 logit grid -> mesh, mapped and wound like the official pipeline."""
-    volume = grid.detach().cpu().numpy() if isinstance(grid, Tensor) else np.asarray(grid)
-    low, high = float(np.nanmin(volume)), float(np.nanmax(volume))
-    if not low < level < high:
+def extract_surface(grid: SurfaceInput, level: float, box_v: float, resolution: int) -> trimesh.Trimesh:
+    """One volume -> mesh, mapped and wound like the official pipeline.
+
+    A :class:`SparseVolume` is cut to the box of its decoded points and marched only where they are (skimage's
+    ``mask``): every cell that changes sign lies there, so the mesh is the one of the whole grid, in a fraction
+    of the time.
+    """
+    mask = None
+    offset = np.zeros(3)
+    if isinstance(grid, SparseVolume):
+        box = grid.decoded_box()
+        low, high = box if box is not None else ((0, 0, 0), (grid.side,) * 3)
+        values, decoded = grid.region(low, high)
+        volume = values.numpy()
+        mask = None if decoded is None else decoded.numpy()
+        offset = np.asarray(low, dtype=np.float64)
+    else:
+        volume = grid.detach().float().cpu().numpy() if isinstance(grid, Tensor) else np.asarray(grid)
+    if volume.size == 0 or not float(np.nanmin(volume)) < level < float(np.nanmax(volume)):
+        span = f"[{np.nanmin(volume):.3g}, {np.nanmax(volume):.3g}]" if volume.size else "nothing"
         raise EmptySurfaceError(
-            f"no surface: occupancy logits span [{low:.3g}, {high:.3g}] and never cross the level {level}; "
-            "try another seed or image"
+            f"no surface: occupancy logits span {span} and never cross the level {level}; try another seed or image"
         )
-    vertices, faces, _normals, _values = measure.marching_cubes(volume, level, method="lewiner")
+    try:
+        vertices, faces, _normals, _values = measure.marching_cubes(volume, level, method="lewiner", mask=mask)
+    except (ValueError, RuntimeError) as exc:  # skimage: nothing to march in the masked region
+        raise EmptySurfaceError(f"no surface at level {level}: {exc}") from exc
     # The official mapping divides by the number of grid points (R+1), not cells (R); kept for parity.
-    vertices = (vertices.astype(np.float64) / (resolution + 1) * (2 * box_v) - box_v).astype(np.float32)
+    vertices = ((vertices.astype(np.float64) + offset) / (resolution + 1) * (2 * box_v) - box_v).astype(np.float32)
     faces = np.ascontiguousarray(faces[:, ::-1])  # official winding
     return trimesh.Trimesh(vertices, faces)
 
 
 def extract_surfaces(
-    grids: Tensor, level: float, box_v: float, resolution: int, return_exceptions: bool = False
+    grids: Sequence[SurfaceInput] | Tensor,
+    level: float,
+    box_v: float,
+    resolution: int,
+    return_exceptions: bool = False,
+    workers: int | None = None,
 ) -> list[trimesh.Trimesh | Exception]:
-    """:func:`extract_surface` for each (R+1)^3 grid of a batch; with ``return_exceptions`` a sample that
-    has no surface gets its error in its slot instead of failing the others."""
-    meshes: list[trimesh.Trimesh | Exception] = []
-    for grid in grids:
+    """:func:`extract_surface` for each volume of a batch, ``workers`` at a time (default: torch's intra-op
+    threads, which Ray sets to the replica's CPUs; skimage's marching cubes releases the GIL for most of its
+    work). With ``return_exceptions`` a sample that has no surface gets its error in its slot instead of
+    failing the others."""
+    items = list(grids)
+    workers = max(1, min(len(items), workers or torch.get_num_threads()))
+
+    def one(grid: SurfaceInput) -> trimesh.Trimesh | Exception:
         try:
-            meshes.append(extract_surface(grid, level, box_v, resolution))
+            return extract_surface(grid, level, box_v, resolution)
         except ValueError as exc:
             if not return_exceptions:
                 raise
-            meshes.append(exc)
-    return meshes
+            return exc
+
+    if workers == 1:
+        return [one(grid) for grid in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="marching-cubes") as pool:
+        return list(pool.map(one, items))

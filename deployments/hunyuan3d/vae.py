@@ -6,6 +6,9 @@ batch-first end to end: ``GeometryDecoder`` takes (B, P, 3) points for B differe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -98,38 +101,58 @@ class Transformer(nn.Module):
         return x
 
 
-class QKVMultiheadCrossAttention(nn.Module):
-    def __init__(self, heads: int, width: int, qk_norm: bool) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q_norm = _qk_norm(qk_norm, width // heads)
-        self.k_norm = _qk_norm(qk_norm, width // heads)
+class KeyValues(NamedTuple):
+    """Keys (normalised) and values of a token set, split per head: each (N, H, M, D).
 
-    def forward(self, q: Tensor, kv: Tensor) -> Tensor:
-        _, n_ctx, _ = q.shape
-        bs, n_data, width = kv.shape
-        q = q.view(q.shape[0], n_ctx, self.heads, -1)  # (B or 1, P, H, D)
-        kv = kv.view(bs, n_data, self.heads, -1)  # packed per head as [k | v]
-        k, v = torch.split(kv, width // self.heads // 2, dim=-1)
-        q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
-        # query points shared by the whole batch broadcast against B token sets
-        out = F.scaled_dot_product_attention(q.expand(bs, -1, -1, -1), k, v)
-        return out.transpose(1, 2).reshape(bs, n_ctx, -1)
+    N is the batch of token sets (B samples) or, after adaptive selection, one set per block of queries.
+    """
+
+    keys: Tensor
+    values: Tensor
+
+    def take(self, rows: Tensor) -> KeyValues:
+        """The sets of ``rows`` (N',) -> (N', H, M, D)."""
+        return KeyValues(self.keys.index_select(0, rows), self.values.index_select(0, rows))
 
 
 class MultiheadCrossAttention(nn.Module):
+    """Cross-attention of query points to a token set, with its projections split so that keys and values
+    are made once per decode and reused (or selected per block) for every chunk of points."""
+
     def __init__(self, width: int, heads: int, qkv_bias: bool, qk_norm: bool) -> None:
         super().__init__()
+        self.heads = heads
         self.c_q = nn.Linear(width, width, bias=qkv_bias)
         self.c_kv = nn.Linear(width, width * 2, bias=qkv_bias)
         self.c_proj = nn.Linear(width, width)
-        self.attention = QKVMultiheadCrossAttention(heads, width, qk_norm)
+        # checkpoint names: attn.attention.{q,k}_norm
+        self.attention = _QKNorms(heads, width, qk_norm)
 
-    def forward(self, x: Tensor, data: Tensor | None = None, kv: Tensor | None = None) -> Tensor:
-        if kv is None:
-            kv = self.c_kv(data)
-        return self.c_proj(self.attention(self.c_q(x), kv))
+    def key_values(self, data: Tensor) -> KeyValues:
+        """(B, M, W) normalised token set -> its keys and values."""
+        bs, n_data, width = data.shape
+        kv = self.c_kv(data).view(bs, n_data, self.heads, -1)  # packed per head as [k | v]
+        k, v = torch.split(kv, width // self.heads, dim=-1)
+        return KeyValues(self.attention.k_norm(k).transpose(1, 2), v.transpose(1, 2))
+
+    def queries(self, x: Tensor) -> Tensor:
+        """(N, P, W) normalised queries -> (N, H, P, D)."""
+        n, p, _ = x.shape
+        return self.attention.q_norm(self.c_q(x).view(n, p, self.heads, -1)).transpose(1, 2)
+
+    def attend(self, q: Tensor, kv: KeyValues) -> Tensor:
+        """(1 or N, H, P, D) queries against N token sets -> (N, P, W); a single query set (points shared by
+        the batch) broadcasts against every set."""
+        out = F.scaled_dot_product_attention(q.expand(kv.keys.shape[0], -1, -1, -1), kv.keys, kv.values)
+        n, _, p, _ = out.shape
+        return self.c_proj(out.transpose(1, 2).reshape(n, p, -1))
+
+
+class _QKNorms(nn.Module):
+    def __init__(self, heads: int, width: int, qk_norm: bool) -> None:
+        super().__init__()
+        self.q_norm = _qk_norm(qk_norm, width // heads)
+        self.k_norm = _qk_norm(qk_norm, width // heads)
 
 
 class ResidualCrossAttentionBlock(nn.Module):
@@ -141,13 +164,8 @@ class ResidualCrossAttentionBlock(nn.Module):
         self.ln_3 = nn.LayerNorm(width, elementwise_affine=True, eps=1e-6)
         self.mlp = MLP(width, expand_ratio=mlp_expand_ratio)
 
-    def project_kv(self, data: Tensor) -> Tensor:
-        """Keys/values of the token set; computed once per decode, reused for every chunk of points."""
-        return self.attn.c_kv(self.ln_2(data))
-
-    def forward(self, x: Tensor, kv: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x), kv=kv)
-        return x + self.mlp(self.ln_3(x))
+    def key_values(self, data: Tensor) -> KeyValues:
+        return self.attn.key_values(self.ln_2(data))
 
 
 class GeometryDecoder(nn.Module):
@@ -171,20 +189,32 @@ class GeometryDecoder(nn.Module):
             self.ln_post = nn.LayerNorm(width)
         self.output_proj = nn.Linear(width, 1)
 
-    def prepare_kv(self, tokens: Tensor) -> Tensor:
-        """(B, M, width) VAE tokens -> (B, M, 2 * geo_width) keys/values for :meth:`forward`."""
+    def prepare_kv(self, tokens: Tensor) -> KeyValues:
+        """(B, M, width) VAE tokens -> keys/values for :meth:`forward`, made once per decode."""
         if self.downsample_ratio != 1:
             tokens = self.latents_proj(tokens)
-        return self.cross_attn_decoder.project_kv(tokens)
+        return self.cross_attn_decoder.key_values(tokens)
 
-    def forward(self, points: Tensor, kv: Tensor) -> Tensor:
-        """points: (1 or B, P, 3), kv from :meth:`prepare_kv`: (B, M, 2W). Returns logits (B, P)."""
-        # A (1, P, W) query is shared by the batch: its projections run once and broadcast in attention.
-        query = self.query_proj(self.fourier_embedder(points).to(kv.dtype))  # (1|B, P, W)
-        x = self.cross_attn_decoder(query, kv)  # (B, P, W)
+    def forward(self, points: Tensor, kv: KeyValues, select: KeySelector | None = None) -> Tensor:
+        """points (1 or N, P, 3) against N token sets -> logits (N, P).
+
+        A (1, P, 3) query is shared by the batch: its projections run once and broadcast in attention.
+        ``select`` picks, from the queries, a smaller token set per row (adaptive KV selection).
+        """
+        block = self.cross_attn_decoder
+        query = self.query_proj(self.fourier_embedder(points).to(kv.keys.dtype))  # (1|N, P, W)
+        q = block.attn.queries(block.ln_1(query))
+        if select is not None:
+            kv = select(q, kv)
+        x = query + block.attn.attend(q, kv)  # (N, P, W)
+        x = x + block.mlp(block.ln_3(x))
         if self.enable_ln_post:
             x = self.ln_post(x)
         return self.output_proj(x)[..., 0]
+
+
+# (queries (N, H, P, D), token sets (N, H, M, D)) -> the token sets to attend to, (N, H, K, D)
+KeySelector = Callable[[Tensor, KeyValues], KeyValues]
 
 
 class ShapeVAEDecoder(nn.Module):

@@ -49,7 +49,8 @@ def test_pipeline_hierarchical_decoding_matches_dense_surface(tiny_cfg_pipeline,
         GenerationParams(num_inference_steps=3, octree_resolution=128, volume_decoder="hierarchical", num_chunks=65536),
     )
     # stated tolerance: every grid point has the same inside/outside label, and vertices agree to 1e-4
-    assert torch.equal(dense > 0, hierarchical > 0)
+    for one, other in zip(dense, hierarchical, strict=True):
+        assert torch.equal(one.dense() > 0, other.dense() > 0)
     for mesh_dense, mesh_hier in zip(
         tiny_cfg_pipeline.extract_surfaces(dense, params),
         tiny_cfg_pipeline.extract_surfaces(hierarchical, params),
@@ -153,3 +154,32 @@ def test_dit_one_token_with_copies_equals_the_copies(tiny_cfg_pipeline):
         copies = dit(x, t, token.expand(2, 37, -1).contiguous(), None)
         one = dit(x, t, token, None, cond_copies=37)
     torch.testing.assert_close(one, copies, atol=1e-5, rtol=0)
+
+
+def test_pipeline_adaptive_decoding_stays_within_its_stated_tolerance_of_dense(tiny_cfg_pipeline, test_images):
+    """Adaptive KV selection is an approximation: near-surface labels, face counts and the surface itself stay
+    within the tolerance docs/operations.md states (measured: ~0.03 % of labels, < 0.2 % of faces)."""
+    from scipy.spatial import cKDTree
+
+    params = GenerationParams(num_inference_steps=3, octree_resolution=128, volume_decoder="dense", num_chunks=65536)
+    latents = tiny_cfg_pipeline.sample_latents(test_images[:2], [3, 4], params)
+    dense = tiny_cfg_pipeline.decode_volumes(latents, params)
+    adaptive_params = GenerationParams(
+        num_inference_steps=3, octree_resolution=128, volume_decoder="adaptive", num_chunks=65536
+    )
+    adaptive = tiny_cfg_pipeline.decode_volumes(latents, adaptive_params)
+    meshes_dense = tiny_cfg_pipeline.extract_surfaces(dense, params)
+    meshes_adaptive = tiny_cfg_pipeline.extract_surfaces(adaptive, adaptive_params)
+    voxel = 2 * params.box_v / (params.octree_resolution + 1)
+    for one, other, mesh_dense, mesh_adaptive in zip(dense, adaptive, meshes_dense, meshes_adaptive, strict=True):
+        grid_dense, grid_adaptive = one.dense(), other.dense()
+        near = (grid_dense.abs() < 5.0).sum()  # near-surface points (logit std ~14 on this checkpoint)
+        flipped = ((grid_dense > 0) != (grid_adaptive > 0)).sum()
+        assert flipped <= 0.005 * near
+        assert abs(len(mesh_adaptive.faces) - len(mesh_dense.faces)) <= 0.01 * len(mesh_dense.faces)
+        chamfer = (
+            cKDTree(mesh_dense.vertices).query(mesh_adaptive.vertices)[0].mean()
+            + cKDTree(mesh_adaptive.vertices).query(mesh_dense.vertices)[0].mean()
+        ) / 2
+        assert chamfer < 0.05 * voxel
+        assert flipped > 0 or chamfer > 0  # and it is not secretly the exact decoder
