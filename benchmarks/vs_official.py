@@ -396,16 +396,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info(official_document: dict[str, Any]) -> dict[str, str]:
+def load_average() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def busy_note(load_1min: float, cores: int) -> str | None:
+    """A warning when other work already holds half the cores: with 2 threads per process, an OpenMP thread
+    that loses its core stalls every parallel region, and calls of 0.3 s were seen taking 4 s."""
+    if load_1min < cores / 2:
+        return None
+    return (
+        f"Machine busy at the start (load average {load_1min:.2f} on {cores} cores): the timings are not "
+        "reliable; rerun on a quiet machine."
+    )
+
+
+def machine_info(official_document: dict[str, Any], load_at_start: str) -> dict[str, str]:
     versions = official_document.get("versions", {})
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     return {
         "cpu": cpu_model(),
         "cores": f"{os.cpu_count()} logical ({len(os.sched_getaffinity(0))} usable by this process)",
         "torch threads": f"ours {torch.get_num_threads()}, official {official_document.get('torch_threads', '?')}",
         "ours": f"torch {torch.__version__}, Python {platform.python_version()}",
         "official": ", ".join(f"{name} {version}" for name, version in versions.items()),
-        "load average (1, 5, 15 min) at the end": load,
+        "load average (1, 5, 15 min)": f"{load_at_start} at the start, {load_average()} at the end",
     }
 
 
@@ -424,11 +438,13 @@ def markdown_report(
     machine: dict[str, str],
     results: Sequence[tuple[Case, list[VariantRun]]],
     started: datetime.datetime,
+    warnings: Sequence[str] = (),
 ) -> str:
     title = "# Official hy3dgen shape pipeline vs ours (CPU)"
     lines = [title, ""]
     if args.quick:
-        lines += ["**QUICK SMOKE RUN (--quick): tiny case, one round; not a measurement.**", ""]
+        lines += ["**QUICK SMOKE RUN (--quick): a tiny case to check the script runs; not a measurement.**", ""]
+    lines += [line for warning in warnings for line in (f"**{warning}**", "")]
     lines += [
         f"Command: `{command}`",
         "",
@@ -494,7 +510,10 @@ def measure_case(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_reference_python(args.reference_python)
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started, load_at_start = datetime.datetime.now(datetime.timezone.utc), load_average()
+    busy = busy_note(os.getloadavg()[0], os.cpu_count() or 1)
+    if busy:
+        print(busy, file=sys.stderr)
     command = shlex.join([".venv/bin/python", "benchmarks/vs_official.py", *(sys.argv[1:] if argv is None else argv)])
     torch.set_num_threads(args.threads)
     pipeline = ShapePipeline.from_pretrained(args.model)
@@ -506,7 +525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs, document = measure_case(pipeline, args, case, images)
         results.append((case, runs))
         print("\n".join([*case_block(case, runs), parity_note(runs), ""]), flush=True)
-    report = markdown_report(args, command, machine_info(document), results, started)
+    report = markdown_report(
+        args, command, machine_info(document, load_at_start), results, started, [busy] if busy else []
+    )
     if args.write:
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(report)

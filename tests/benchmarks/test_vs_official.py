@@ -11,16 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from benchmarks.vs_official import (
     REFERENCE,
     Case,
+    OfficialRunner,
     VariantRun,
+    busy_note,
     face_diff_pct,
     keep_fastest,
     load_images,
@@ -109,6 +112,12 @@ def test_main_without_reference_env_fails_loudly_pointing_to_its_recipe(tmp_path
         main(["--quick", "--reference-python", str(tmp_path / "missing" / "python")])
 
 
+def test_busy_note_warns_once_other_work_holds_half_the_cores():
+    assert busy_note(0.7, 2) is None
+    note = busy_note(1.0, 2)
+    assert note is not None and note.startswith("Machine busy at the start (load average 1.00 on 2 cores)")
+
+
 def test_round_order_alternates_which_side_goes_first():
     assert [round_order(i) for i in range(4)] == [
         ("official", "ours"),
@@ -187,29 +196,48 @@ def test_stage_table_has_one_row_per_variant_with_seconds_faces_and_difference()
     assert rows[2].endswith(" | 0.500 | 4136 3956 | +0.00 |")
 
 
-def test_quick_case_ours_in_process_against_the_recorded_official_run():
-    """--quick for real on our side (both rounds' order), the recorded runner JSON as the official side."""
-    args = parse_args(["--quick", "--repeats", "2", "--reference-python", "/nonexistent"])
-    recorded = _recorded()
-    assert recorded["settings"]["seeds"] == args.seeds
-    assert recorded["settings"]["images"] == ["object_rgba.png", "plain_rgb.png"]
-    asked: list[list[str]] = []
+@pytest.fixture(scope="module")
+def tiny_pipeline() -> Iterator[ShapePipeline]:
+    # These tests check behaviour, not speed: one torch thread keeps them quick on a busy 2-core box, where a
+    # second OpenMP thread that loses its core stalls every parallel region (seen: 0.3 s calls taking 4 s).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield ShapePipeline.from_pretrained(parse_args([]).model)
+    torch.set_num_threads(threads)
 
-    def official(a: argparse.Namespace, case: Case, paths: Sequence[Path], decoders: Sequence[str]) -> dict[str, Any]:
-        assert (case.steps, case.resolution) == (
-            recorded["settings"]["steps"],
-            recorded["settings"]["octree_resolution"],
+
+def _recorded_official(asked: list[list[str]]) -> OfficialRunner:
+    """The official side as the recorded runner document, checking it is asked for the recorded jobs."""
+    recorded = _recorded()
+
+    def official(
+        args: argparse.Namespace, case: Case, paths: Sequence[Path], decoders: Sequence[str]
+    ) -> dict[str, Any]:
+        settings = recorded["settings"]
+        assert (case.steps, case.resolution, args.seeds) == (
+            settings["steps"],
+            settings["octree_resolution"],
+            settings["seeds"],
         )
-        assert [p.name for p in paths] == recorded["settings"]["images"]
+        assert [p.name for p in paths] == settings["images"]
         asked.append(list(decoders))
         return recorded
 
-    pipeline = ShapePipeline.from_pretrained(args.model)
-    images = load_images([args.images[i % len(args.images)] for i in range(args.jobs)])
-    runs, document = measure_case(pipeline, args, args.cases[0], images, official)
+    return official
 
-    assert asked == [["dense", "flashvdm"], ["flashvdm", "dense"]]  # the official order alternates too
-    assert document is recorded  # the last runner document: its versions go into the report
+
+def _job_images(args: argparse.Namespace) -> list[Any]:
+    return load_images([args.images[i % len(args.images)] for i in range(args.jobs)])
+
+
+def test_quick_case_ours_in_process_against_the_recorded_official_run(tiny_pipeline: ShapePipeline):
+    """--quick for real on our side, the recorded runner document as the official side."""
+    args = parse_args(["--quick"])
+    asked: list[list[str]] = []
+    runs, document = measure_case(tiny_pipeline, args, args.cases[0], _job_images(args), _recorded_official(asked))
+
+    assert asked == [["dense", "flashvdm"]]
+    assert document == _recorded()  # the runner document the report takes the official versions from
     names = [run.name for run in runs]
     assert names[:2] == [REFERENCE, "official-flashvdm"]
     assert names[2:] == [f"ours-{d}-B{b}" for d in VOLUME_DECODERS for b in (1, 2)]
@@ -221,11 +249,24 @@ def test_quick_case_ours_in_process_against_the_recorded_official_run():
 
     summary = summarize(args.cases[0], runs)
     assert summary.ours_best is not None and summary.ratio is not None and summary.ratio > 0
-    report = markdown_report(args, "vs_official.py --quick", {"cpu": "test cpu"}, [(args.cases[0], runs)], _now())
-    assert "**QUICK SMOKE RUN (--quick)" in report
+    report = markdown_report(
+        args, "vs_official.py --quick", {"cpu": "test cpu"}, [(args.cases[0], runs)], _now(), ["Machine busy"]
+    )
+    assert "**Machine busy**" in report
+    assert "**QUICK SMOKE RUN (--quick): a tiny case to check the script runs; not a measurement.**" in report
     assert "- cpu: test cpu" in report
     assert "parity: ours-dense-B1 faces vs official-dense faces: equal" in report
     assert summary_line(summary) in report
+
+
+def test_measure_case_alternates_the_official_decoder_order_and_keeps_one_row_per_variant(
+    tiny_pipeline: ShapePipeline,
+):
+    args = parse_args(["--quick", "--repeats", "2", "--our-decoders", "dense", "--batch-size", "1"])
+    asked: list[list[str]] = []
+    runs, _ = measure_case(tiny_pipeline, args, args.cases[0], _job_images(args), _recorded_official(asked))
+    assert asked == [["dense", "flashvdm"], ["flashvdm", "dense"]]
+    assert [run.name for run in runs] == [REFERENCE, "official-flashvdm", "ours-dense-B1"]
 
 
 def _now() -> Any:
