@@ -4,6 +4,14 @@ Runs in the reference environment of ``tests/parity/README.md`` (never in the pr
 does not import hy3dgen). ``benchmarks/vs_official.py`` starts it as a subprocess and reads its stdout.
 Nothing in hy3dgen is patched: stages are timed by wrapping the pipeline's own bound methods.
 
+Stages (names as the project's ``StageTimings``): ``preprocess`` (``prepare_image``), ``conditioner``
+(``encode_cond``), ``vae`` (``vae.forward``), ``volume_decoding`` (``vae.volume_decoder``),
+``surface_extraction`` (``vae.surface_extractor``, marching cubes, plus ``export_to_trimesh``: the
+project's surface stage builds its trimesh too), ``diffusion`` (the rest of the job: sampling loop).
+The timed jobs pass ``mc_algo=None``: any other value makes ``__call__`` replace ``vae.surface_extractor``
+(``set_surface_extractor``) and so drop its timing wrapper; both decoders keep the CPU ``mc`` extractor
+that ``enable_flashvdm_decoder(..., mc_algo="mc")`` installs, and the JSON records the classes used.
+
     /tmp/refvenv/bin/python benchmarks/official_runner.py --model <folder> --images a.png b.png \
         --seeds 0 1 --steps 5 --octree-resolution 256 --decoders dense flashvdm
 """
@@ -23,11 +31,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "parity"))
 
 import torch  # noqa: E402
+from _refenv import import_shapegen  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _refenv import import_shapegen  # noqa: E402
-
-STAGES = ("conditioner", "diffusion", "vae", "volume_decoding", "surface_extraction")
+STAGES = ("preprocess", "conditioner", "diffusion", "vae", "volume_decoding", "surface_extraction")
 
 
 def parse_args() -> argparse.Namespace:
@@ -85,20 +92,33 @@ def set_decoder(pipe: Any, decoder: str) -> None:
     pipe.vae.enable_flashvdm_decoder(enabled=decoder == "flashvdm", adaptive_kv_selection=True, mc_algo="mc")
 
 
+def decoder_classes(pipe: Any) -> dict[str, str]:
+    """The volume decoder and surface extractor a job will use; refuses anything but CPU marching cubes."""
+    classes = {
+        "volume_decoder": type(pipe.vae.volume_decoder).__name__,
+        "surface_extractor": type(pipe.vae.surface_extractor).__name__,
+    }
+    if classes["surface_extractor"] != "MCSurfaceExtractor":
+        raise SystemExit(f"expected the CPU marching-cubes extractor, got {classes['surface_extractor']}")
+    return classes
+
+
 def warm_up(pipe: Any, image: Image.Image) -> None:
     """One small untimed job: first-call costs (allocator, lazy imports) out of the timed runs."""
-    pipe(image=image, num_inference_steps=2, octree_resolution=64, mc_algo="mc", enable_pbar=False)
+    pipe(image=image, num_inference_steps=2, octree_resolution=64, mc_algo=None, enable_pbar=False)
 
 
 def run_jobs(pipe: Any, images: list[Image.Image], seeds: list[int], args: argparse.Namespace) -> dict[str, Any]:
     clock = StageClock()
     # wrap what the pipeline calls per stage (instance attributes shadow the class methods)
+    clock.wrap(pipe, "prepare_image", "preprocess")
     clock.wrap(pipe, "encode_cond", "conditioner")
     clock.wrap(pipe, "_export", "decode_all")
     clock.wrap(pipe.vae, "forward", "vae")
     clock.wrap(pipe.vae, "volume_decoder", "volume_decoding")
     clock.wrap(pipe.vae, "surface_extractor", "surface_extraction")
     faces: list[int] = []
+    job_s: list[float] = []
     start = time.perf_counter()
     for image, seed in zip(images, seeds, strict=True):
         job_start = time.perf_counter()
@@ -111,19 +131,31 @@ def run_jobs(pipe: Any, images: list[Image.Image], seeds: list[int], args: argpa
             num_chunks=args.num_chunks,
             box_v=1.01,
             mc_level=0.0,
-            mc_algo="mc",
+            mc_algo=None,  # keep the (wrapped) extractor set_decoder installed
             output_type="trimesh",
             enable_pbar=False,
         )
-        clock.seconds["total"] = clock.seconds.get("total", 0.0) + time.perf_counter() - job_start
+        job_s.append(time.perf_counter() - job_start)
         mesh = out[0]
-        faces.append(0 if mesh is None else int(len(mesh.faces)))
+        faces.append(0 if mesh is None else len(mesh.faces))
     wall = time.perf_counter() - start
-    seconds = dict(clock.seconds)
-    decode_all = seconds.pop("decode_all", 0.0)
-    # diffusion: everything of a job outside conditioning and the VAE/decoding/extraction
-    seconds["diffusion"] = seconds.pop("total") - seconds.get("conditioner", 0.0) - decode_all
-    return {"wall_s": wall, "stage_s": seconds, "faces": faces}
+    seconds = {stage: clock.seconds.get(stage, 0.0) for stage in ("preprocess", "conditioner", "vae")}
+    seconds["volume_decoding"] = clock.seconds.get("volume_decoding", 0.0)
+    decode_all = clock.seconds.get("decode_all", 0.0)
+    # _export = vae + volume decoding + marching cubes + export_to_trimesh; the last two are the surface stage
+    seconds["surface_extraction"] = decode_all - seconds["vae"] - seconds["volume_decoding"]
+    # diffusion: everything of a job outside the other stages (the sampling loop)
+    seconds["diffusion"] = sum(job_s) - decode_all - seconds["preprocess"] - seconds["conditioner"]
+    marching_cubes = clock.seconds.get("surface_extraction")
+    if marching_cubes is None:
+        raise SystemExit("vae.surface_extractor was never called through its timing wrapper")
+    return {
+        "wall_s": wall,
+        "job_s": job_s,
+        "stage_s": {stage: seconds[stage] for stage in STAGES},
+        "marching_cubes_s": marching_cubes,
+        "faces": faces,
+    }
 
 
 def main() -> int:
@@ -137,14 +169,27 @@ def main() -> int:
         with Image.open(path) as image:
             image.load()
             images.append(image.copy())
-    results: dict[str, Any] = {"versions": versions(), "torch_threads": torch.get_num_threads(), "decoders": {}}
+    results: dict[str, Any] = {
+        "versions": versions(),
+        "torch_threads": torch.get_num_threads(),
+        "settings": {
+            "steps": args.steps,
+            "octree_resolution": args.octree_resolution,
+            "guidance_scale": args.guidance_scale,
+            "num_chunks": args.num_chunks,
+            "seeds": list(args.seeds),
+            "images": [os.path.basename(path) for path in args.images],
+        },
+        "decoders": {},
+    }
     for decoder in args.decoders:
         best: dict[str, Any] | None = None
         for _ in range(args.repeats):
             pipe = load(args.model)  # fresh pipeline: the stage wrappers and the decoder switch are per instance
             set_decoder(pipe, decoder)
+            classes = decoder_classes(pipe)
             warm_up(pipe, images[0])
-            run = run_jobs(pipe, images, list(args.seeds), args)
+            run = run_jobs(pipe, images, list(args.seeds), args) | classes
             if best is None or run["wall_s"] < best["wall_s"]:
                 best = run
         results["decoders"][decoder] = best
