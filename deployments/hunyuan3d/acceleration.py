@@ -103,8 +103,8 @@ def compile_module(module: nn.Module, options: AccelerationOptions, part: Compil
 
     In place (``nn.Module.compile``) so the pipeline keeps a ``Hunyuan3DDiT`` / ``GeometryDecoder`` with the
     same attributes and state_dict keys (``torch.compile(module)`` would wrap it and prefix the keys with
-    ``_orig_mod.``). Compilation itself happens at the first call (and again per new input shape), so call it
-    after the module has its final device and dtype, and warm up before serving.
+    ``_orig_mod.``). Compilation happens at the first call and again when shapes change (until torch marks
+    them dynamic), so call it after the module has its final device and dtype, and warm up before serving.
     """
     enabled = options.compile_dit if part == "dit" else options.compile_decoder
     if enabled:
