@@ -174,14 +174,24 @@ class SingleStreamBlock(nn.Module):
         self.mlp_act = nn.GELU(approximate="tanh")
         self.modulation = Modulation(c, double=False)
 
-    def forward(self, x: Tensor, vec: Tensor, key_bias: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, vec: Tensor, key_bias: Tensor | None = None, queries_from: int = 0) -> Tensor:
+        """``queries_from``: return only the rows from this index on. The model's last block drops the
+        condition rows, so their queries, MLP and output projection are skipped: only their keys and values
+        are made (the same numbers, fewer of them)."""
         shift, scale, gate = self.modulation(vec)
         x_mod = (1 + scale) * self.pre_norm(x) + shift
-        qkv, mlp = torch.split(self.linear1(x_mod), [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
+        rows = x_mod[:, queries_from:]
+        qkv, mlp = torch.split(self.linear1(rows), [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
         q, k, v = split_qkv(qkv, self.num_heads)
+        if queries_from:
+            c = self.hidden_size
+            kv = F.linear(x_mod[:, :queries_from], self.linear1.weight[c : 3 * c], self.linear1.bias[c : 3 * c])
+            b, length, _ = kv.shape
+            kv = kv.view(b, length, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # (2, B, H, T, D)
+            k, v = torch.cat((kv[0], k), dim=2), torch.cat((kv[1], v), dim=2)
         q, k = self.norm(q, k, v)
         out = self.linear2(torch.cat((attention(q, k, v, key_bias), self.mlp_act(mlp)), dim=2))
-        return x + gate * out
+        return x[:, queries_from:] + gate * out
 
 
 class LastLayer(nn.Module):
@@ -214,12 +224,24 @@ class Hunyuan3DDiT(nn.Module):
     def forward(
         self, x: Tensor, t: Tensor, cond: Tensor, guidance: Tensor | None = None, cond_copies: int = 1
     ) -> Tensor:
-        """Velocity for latents at flow time t.
+        """Velocity for latents at flow time t: :meth:`velocity` of :meth:`embed_condition` of ``cond``.
 
         x: (B, N, C_latent) noisy latents; t: (B,) in [0, 1] (0 = noise, 1 = data);
         cond: (B, T, C_cond) image tokens; guidance: (B,) for guidance-distilled models;
-        cond_copies: each condition token stands for this many identical tokens (see below).
+        cond_copies: each condition token stands for this many identical tokens (see :meth:`velocity`).
         Returns (B, N, C_latent).
+        """
+        return self.velocity(x, t, self.embed_condition(cond), guidance, cond_copies)
+
+    def embed_condition(self, cond: Tensor) -> Tensor:
+        """(B, T, C_cond) image tokens -> (B, T, C) model tokens; the same at every step, so a sampler embeds
+        once and calls :meth:`velocity` per step."""
+        return self.cond_in(cond)
+
+    def velocity(
+        self, x: Tensor, t: Tensor, cond: Tensor, guidance: Tensor | None = None, cond_copies: int = 1
+    ) -> Tensor:
+        """Velocity for latents at flow time t, given an embedded condition (B, T, C).
 
         Identical condition tokens stay identical through every block (no positional encoding, every op
         per token), and k identical keys with their values weigh in a softmax exactly like one key whose
@@ -232,7 +254,6 @@ class Hunyuan3DDiT(nn.Module):
             if guidance is None:
                 raise ValueError("this guidance-distilled model needs a guidance value")
             vec = vec + self.guidance_in(timestep_embedding(guidance, 256, self.cfg.time_factor))
-        cond = self.cond_in(cond)  # (B, T, C)
         key_bias = None
         if cond_copies > 1:
             # keys are [cond; latent] in both kinds of block: + ln(copies) on the condition keys
@@ -242,9 +263,11 @@ class Hunyuan3DDiT(nn.Module):
         for block in self.double_blocks:
             latent, cond = block(latent, cond, vec, key_bias)
 
-        tokens = torch.cat((cond, latent), dim=1)  # (B, T + N, C)
-        for block in self.single_blocks:
-            tokens = block(tokens, vec, key_bias)
-
-        latent = tokens[:, cond.shape[1] :, ...]  # drop the condition tokens
+        if self.single_blocks:
+            tokens = torch.cat((cond, latent), dim=1)  # (B, T + N, C)
+            last = len(self.single_blocks) - 1
+            for index, block in enumerate(self.single_blocks):
+                # the condition rows of the last block are dropped: it computes only the latent rows
+                tokens = block(tokens, vec, key_bias, queries_from=cond.shape[1] if index == last else 0)
+            latent = tokens
         return self.final_layer(latent, vec)

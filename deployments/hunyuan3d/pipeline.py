@@ -214,8 +214,12 @@ class ShapePipeline:
         # 1. condition: ONE encoder pass -> (B, T, C). CFG's unconditional context is T copies of one zero
         #    token: it runs as that one token standing for T (exact; see Hunyuan3DDiT.forward)
         with timings.stage("conditioner", self.device):
-            cond = self.conditioner(pixels)
-            uncond = self.conditioner.unconditional(batch)[:, :1] if self.config.uses_cfg else None
+            # embedded once: the DiT's condition projection is the same at every step
+            cond_tokens = self.conditioner(pixels)
+            cond = self.dit.embed_condition(cond_tokens)
+            uncond = None
+            if self.config.uses_cfg:
+                uncond = self.dit.embed_condition(self.conditioner.unconditional(batch)[:, :1])
 
         # 2. flow matching: ONE DiT call per step for the whole batch
         with timings.stage("diffusion", self.device):
@@ -227,10 +231,10 @@ class ShapePipeline:
             train_steps = self.config.scheduler.num_train_timesteps
             for t in scheduler.timesteps[: steps_that_move(scheduler)]:
                 t_model = t.expand(batch).to(latents.dtype) / train_steps
-                velocity = self.dit(latents, t_model, cond, guidance)
+                velocity = self.dit.velocity(latents, t_model, cond, guidance)
                 if uncond is not None:
                     # two DiT calls of B rows: the unconditional one has T - 1 fewer tokens than the other
-                    v_uncond = self.dit(latents, t_model, uncond, None, cond_copies=cond.shape[1])
+                    v_uncond = self.dit.velocity(latents, t_model, uncond, None, cond_copies=cond.shape[1])
                     velocity = v_uncond + params.guidance_scale * (velocity - v_uncond)
                 latents = scheduler.step(velocity, t, latents).prev_sample  # Euler step in fp32
         return latents

@@ -135,11 +135,17 @@ def test_sample_skips_the_zero_step_and_collapses_the_unconditional_context(tiny
     params = GenerationParams(num_inference_steps=4, octree_resolution=32)
     pixels = pipe.preprocess(test_images[:2])
     calls = []
-    hook = pipe.dit.register_forward_hook(lambda *_: calls.append(1))
+    velocity = pipe.dit.velocity
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return velocity(*args, **kwargs)
+
+    pipe.dit.velocity = counting
     try:
         latents = pipe.sample(pixels, [1, 2], params)
     finally:
-        hook.remove()
+        del pipe.dit.velocity
     assert len(calls) == 2 * 3  # 4 steps, the last of length zero; a conditional and an unconditional call
     torch.testing.assert_close(latents, _full_schedule_latents(pipe, pixels, [1, 2], params), atol=1e-5, rtol=0)
 
@@ -154,6 +160,21 @@ def test_dit_one_token_with_copies_equals_the_copies(tiny_cfg_pipeline):
         copies = dit(x, t, token.expand(2, 37, -1).contiguous(), None)
         one = dit(x, t, token, None, cond_copies=37)
     torch.testing.assert_close(one, copies, atol=1e-5, rtol=0)
+
+
+def test_last_single_block_computing_only_the_latent_rows_equals_the_full_block(tiny_cfg_pipeline):
+    dit = tiny_cfg_pipeline.dit
+    block = dit.single_blocks[-1]
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randn(2, 50 + 64, dit.cfg.hidden_size, generator=generator)
+    vec = torch.randn(2, dit.cfg.hidden_size, generator=generator)
+    bias = torch.zeros(1, 1, 1, 114)
+    bias[..., :50] = 2.0
+    with torch.inference_mode():
+        full = block(tokens, vec, bias)
+        kept = block(tokens, vec, bias, queries_from=50)
+    assert kept.shape == (2, 64, dit.cfg.hidden_size)
+    torch.testing.assert_close(kept, full[:, 50:], atol=1e-6, rtol=0)
 
 
 def test_pipeline_adaptive_decoding_stays_within_its_stated_tolerance_of_dense(tiny_cfg_pipeline, test_images):
