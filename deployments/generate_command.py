@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from .contract import DEFAULT_MAX_FACES, MESH_FORMATS, REMOVE_BACKGROUND_MODES, GenerationError, RemoveBackground
+from .hunyuan3d.params import VOLUME_DECODERS
 from .image_input import decode_image
 
 
@@ -49,7 +50,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=50, help="flow-matching steps (default 50)")
     p.add_argument("--guidance-scale", type=float, default=5.0)
     p.add_argument("--octree-resolution", type=int, default=256)
-    p.add_argument("--decoder", default="hierarchical", choices=("dense", "hierarchical"))
+    p.add_argument("--decoder", default="hierarchical", choices=VOLUME_DECODERS)
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
     p.add_argument("--batch", action="store_true", help="run all images through one batched pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from .background import BackgroundConfig
+from .hunyuan3d.acceleration_options import AccelerationOptions
 from .paths import resolve_path
 
 if TYPE_CHECKING:
@@ -73,6 +74,10 @@ class GeneratorConfig(BaseModel):
         default_factory=BackgroundConfig,
         description="How the replica removes the backgrounds of photos (jobs with `remove_background` auto on an "
         "image without alpha, or always).",
+    )
+    acceleration: AccelerationOptions = Field(
+        default_factory=AccelerationOptions,
+        description="GPU speed-ups of the pipeline, each off by default; checked against the device at start.",
     )
 
     @field_validator("device")

@@ -72,8 +72,12 @@ def load_pipeline(config: GeneratorConfig) -> ShapePipeline:
     if config.random_weights:
         path = resolve_path(config.model)
         source = str(path) if path.exists() else config.model  # else a variant name
-        return ShapePipeline.from_config(source, seed=config.weights_seed, device=device, dtype=dtype)
-    return ShapePipeline.from_pretrained(resolve_path(config.model), device=device, dtype=dtype)
+        return ShapePipeline.from_config(
+            source, seed=config.weights_seed, device=device, dtype=dtype, acceleration=config.acceleration
+        )
+    return ShapePipeline.from_pretrained(
+        resolve_path(config.model), device=device, dtype=dtype, acceleration=config.acceleration
+    )
 
 
 @serve.deployment(

@@ -27,75 +27,20 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .device_marching_cubes import warp_problem
+from .acceleration_options import SDPA_BACKEND_NAMES, AccelerationOptions
 
-# torch.compile's modes (torch._inductor.list_mode_options(); a test keeps this list in step with torch)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# inductor modes that record CUDA graphs of their own: with cuda_graphs the same work would be captured twice
-_GRAPHING_MODES = ("reduce-overhead", "max-autotune")
+__all__ = ["SDPA_BACKENDS", "AccelerationOptions", "CudaGraphStep", "compile_module", "dit_step", "sdpa_context"]
+
 SDPA_BACKENDS: dict[str, SDPBackend] = {
     "math": SDPBackend.MATH,
     "flash": SDPBackend.FLASH_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
-# torch has CPU kernels for these two only; the others fail at the first attention call on a CPU
-_CPU_SDPA_BACKENDS = ("math", "flash")
+if tuple(SDPA_BACKENDS) != SDPA_BACKEND_NAMES:  # one list of names, checked where torch is at hand
+    raise ImportError(f"SDPA backend names out of step: {tuple(SDPA_BACKENDS)} vs {SDPA_BACKEND_NAMES}")
 
 CompiledPart = Literal["dit", "decoder"]
-
-
-@dataclass(frozen=True)
-class AccelerationOptions:
-    """Which speed-ups the pipeline uses; the defaults change nothing."""
-
-    compile_dit: bool = False
-    compile_decoder: bool = False
-    compile_mode: str = "default"
-    cuda_graphs: bool = False
-    sdpa_backends: tuple[str, ...] = ()
-    device_marching_cubes: bool = False
-
-    def __post_init__(self) -> None:
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}; got {self.compile_mode!r}")
-        if self.compile_mode != "default" and not (self.compile_dit or self.compile_decoder):
-            raise ValueError(
-                f"compile_mode {self.compile_mode!r} has no effect: set compile_dit or compile_decoder, "
-                "or leave compile_mode at 'default'"
-            )
-        if self.cuda_graphs and self.compile_dit and self.compile_mode in _GRAPHING_MODES:
-            raise ValueError(
-                f"cuda_graphs with compile_mode {self.compile_mode!r}: that mode records CUDA graphs itself; "
-                "use compile_mode 'default' or 'max-autotune-no-cudagraphs' with cuda_graphs"
-            )
-        if not isinstance(self.sdpa_backends, tuple):
-            raise ValueError(f"sdpa_backends must be a tuple of backend names, got {self.sdpa_backends!r}")
-        unknown = [name for name in self.sdpa_backends if name not in SDPA_BACKENDS]
-        if unknown:
-            raise ValueError(f"sdpa_backends: unknown {unknown}; choose from {', '.join(SDPA_BACKENDS)}")
-        if len(set(self.sdpa_backends)) != len(self.sdpa_backends):
-            raise ValueError(f"sdpa_backends lists a backend twice: {self.sdpa_backends}")
-
-    def validate_for(self, device: torch.device) -> None:
-        """Raise ``ValueError`` naming the first option that cannot work on ``device``."""
-        if device.type != "cuda":
-            if self.cuda_graphs:
-                raise ValueError(f"cuda_graphs needs a CUDA device; the pipeline runs on {device}: turn it off")
-            if self.device_marching_cubes:
-                raise ValueError(
-                    f"device_marching_cubes needs a CUDA device; the pipeline runs on {device}: turn it off "
-                    "(the CPU path uses scikit-image)"
-                )
-            gpu_only = [name for name in self.sdpa_backends if name not in _CPU_SDPA_BACKENDS]
-            if gpu_only:
-                raise ValueError(
-                    f"sdpa_backends {gpu_only} have no kernels on {device}; use {' or '.join(_CPU_SDPA_BACKENDS)}"
-                )
-        if self.device_marching_cubes:
-            problem = warp_problem()
-            if problem is not None:
-                raise ValueError(f"device_marching_cubes: {problem}")
 
 
 def compile_module(module: nn.Module, options: AccelerationOptions, part: CompiledPart) -> nn.Module:

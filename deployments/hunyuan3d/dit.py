@@ -221,33 +221,34 @@ class Hunyuan3DDiT(nn.Module):
         self.single_blocks = nn.ModuleList([SingleStreamBlock(cfg) for _ in range(cfg.depth_single_blocks)])
         self.final_layer = LastLayer(c, cfg.in_channels)
 
-    def forward(
-        self, x: Tensor, t: Tensor, cond: Tensor, guidance: Tensor | None = None, cond_copies: int = 1
-    ) -> Tensor:
-        """Velocity for latents at flow time t: :meth:`velocity` of :meth:`embed_condition` of ``cond``.
-
-        x: (B, N, C_latent) noisy latents; t: (B,) in [0, 1] (0 = noise, 1 = data);
-        cond: (B, T, C_cond) image tokens; guidance: (B,) for guidance-distilled models;
-        cond_copies: each condition token stands for this many identical tokens (see :meth:`velocity`).
-        Returns (B, N, C_latent).
-        """
-        return self.velocity(x, t, self.embed_condition(cond), guidance, cond_copies)
-
     def embed_condition(self, cond: Tensor) -> Tensor:
         """(B, T, C_cond) image tokens -> (B, T, C) model tokens; the same at every step, so a sampler embeds
-        once and calls :meth:`velocity` per step."""
+        once and passes ``cond_embedded=True``."""
         return self.cond_in(cond)
 
-    def velocity(
-        self, x: Tensor, t: Tensor, cond: Tensor, guidance: Tensor | None = None, cond_copies: int = 1
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        cond: Tensor,
+        guidance: Tensor | None = None,
+        cond_copies: int = 1,
+        cond_embedded: bool = False,
     ) -> Tensor:
-        """Velocity for latents at flow time t, given an embedded condition (B, T, C).
+        """Velocity for latents at flow time t.
+
+        x: (B, N, C_latent) noisy latents; t: (B,) in [0, 1] (0 = noise, 1 = data);
+        cond: (B, T, C_cond) image tokens, or with ``cond_embedded`` their :meth:`embed_condition` (B, T, C);
+        guidance: (B,) for guidance-distilled models; cond_copies: each condition token stands for this many
+        identical tokens (see below). Returns (B, N, C_latent).
 
         Identical condition tokens stay identical through every block (no positional encoding, every op
         per token), and k identical keys with their values weigh in a softmax exactly like one key whose
         logit is raised by ln(k). So CFG's unconditional context (1,370 copies of one token) runs as
         ONE token with ``cond_copies=1370``: the same velocity, a third fewer tokens per pass.
         """
+        if not cond_embedded:
+            cond = self.embed_condition(cond)
         latent = self.latent_in(x)  # (B, N, C)
         vec = self.time_in(timestep_embedding(t, 256, self.cfg.time_factor).to(dtype=latent.dtype))  # (B, C)
         if self.cfg.guidance_embed:

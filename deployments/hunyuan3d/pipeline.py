@@ -24,9 +24,11 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 from torch import Tensor
 
+from .acceleration import AccelerationOptions, DiTStep, compile_module, dit_step, sdpa_context
 from .checkpoint import convert_checkpoint, find_weight_file, load_strict, read_checkpoint
 from .conditioner import ImageConditioner
 from .config import SchedulerConfig, ShapeModelConfig, named_config
+from .device_marching_cubes import marching_cubes_on_device
 from .dit import Hunyuan3DDiT
 from .image_processing import ImageProcessor
 from .params import GenerationParams
@@ -104,20 +106,31 @@ class ShapePipeline:
         conditioner: ImageConditioner,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        acceleration: AccelerationOptions | None = None,
     ) -> None:
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
+        self.acceleration = acceleration or AccelerationOptions()
+        self.acceleration.validate_for(self.device)  # a replica refuses to start, naming the option
         self.image_processor = ImageProcessor(config.image_processor)
         self.dit = dit.to(self.device, dtype).eval()
+        compile_module(self.dit, self.acceleration, "dit")  # in place: same module, same state_dict keys
         self.vae = vae.to(self.device, dtype).eval()
+        compile_module(self.vae.geo_decoder, self.acceleration, "decoder")
         self.conditioner = conditioner.to(self.device, dtype).eval()
+        # what the sampler calls per step: the DiT, or its CUDA-graph replay
+        self.dit_step: DiTStep = dit_step(self.dit, self.acceleration, self.device)
 
     # --- construction -----------------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        acceleration: AccelerationOptions | None = None,
     ) -> ShapePipeline:
         """Load a released model folder (``config.yaml`` + weights) strictly.
 
@@ -132,7 +145,7 @@ class ShapePipeline:
         load_strict(dit, weights["model"], f"{folder.name}: DiT")
         load_strict(vae, weights["vae"], f"{folder.name}: VAE")
         load_strict(conditioner, weights["conditioner"], f"{folder.name}: conditioner")
-        return cls(config, dit, vae, conditioner, device, dtype or _default_dtype(device))
+        return cls(config, dit, vae, conditioner, device, dtype or _default_dtype(device), acceleration)
 
     @classmethod
     def from_config(
@@ -141,6 +154,7 @@ class ShapePipeline:
         seed: int = 0,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        acceleration: AccelerationOptions | None = None,
     ) -> ShapePipeline:
         """Any architecture with random weights (for benchmarks of the real-size model without weights).
 
@@ -159,7 +173,7 @@ class ShapePipeline:
             torch.manual_seed(seed)
             with device:  # initialise where the model will run: minutes faster for real sizes on a GPU
                 dit, vae, conditioner = _build_modules(config)
-        return cls(config, dit, vae, conditioner, device, dtype or _default_dtype(device))
+        return cls(config, dit, vae, conditioner, device, dtype or _default_dtype(device), acceleration)
 
     # --- stages -----------------------------------------------------------------------------------------
 
@@ -207,9 +221,11 @@ class ShapePipeline:
     ) -> Tensor:
         """Flow-matching sampling for the whole batch of preprocessed ``pixels`` (B, 3, S, S) -> (B, N, C)."""
         _check_counts(pixels.shape[0], len(seeds))
-        timings = timings or StageTimings()
+        with sdpa_context(self.acceleration):
+            return self._sample(pixels.to(self.device, self.dtype), seeds, params, timings or StageTimings())
+
+    def _sample(self, pixels: Tensor, seeds: Sequence[int], params: GenerationParams, timings: StageTimings) -> Tensor:
         batch = len(seeds)
-        pixels = pixels.to(self.device, self.dtype)
 
         # 1. condition: ONE encoder pass -> (B, T, C). CFG's unconditional context is T copies of one zero
         #    token: it runs as that one token standing for T (exact; see Hunyuan3DDiT.forward)
@@ -231,10 +247,12 @@ class ShapePipeline:
             train_steps = self.config.scheduler.num_train_timesteps
             for t in scheduler.timesteps[: steps_that_move(scheduler)]:
                 t_model = t.expand(batch).to(latents.dtype) / train_steps
-                velocity = self.dit.velocity(latents, t_model, cond, guidance)
+                velocity = self.dit_step(latents, t_model, cond, guidance, cond_embedded=True)
                 if uncond is not None:
                     # two DiT calls of B rows: the unconditional one has T - 1 fewer tokens than the other
-                    v_uncond = self.dit.velocity(latents, t_model, uncond, None, cond_copies=cond.shape[1])
+                    v_uncond = self.dit_step(
+                        latents, t_model, uncond, None, cond_copies=cond.shape[1], cond_embedded=True
+                    )
                     velocity = v_uncond + params.guidance_scale * (velocity - v_uncond)
                 latents = scheduler.step(velocity, t, latents).prev_sample  # Euler step in fp32
         return latents
@@ -251,7 +269,7 @@ class ShapePipeline:
             tokens = self.vae(latents.to(self.device, self.dtype) * (1.0 / self.config.vae.scale_factor))
             kv = self.vae.geo_decoder.prepare_kv(tokens)
 
-        with timings.stage("volume_decoding", self.device):
+        with timings.stage("volume_decoding", self.device), sdpa_context(self.acceleration):
             kv_count = adaptive_kv_count(kv.keys.shape[2]) if params.volume_decoder == "adaptive" else None
             decoder = BatchGeometryDecoder(self.vae.geo_decoder, kv, self.dtype, params.num_chunks, kv_count)
             r = params.octree_resolution
@@ -259,7 +277,8 @@ class ShapePipeline:
                 volumes = decode_dense(decoder, r, params.box_v, params.num_chunks, self.device)
             else:
                 volumes = decode_hierarchical(decoder, r, params.box_v, params.num_chunks, params.mc_level, self.device)
-            volumes = [volume.cpu() for volume in volumes]
+            if not self.acceleration.device_marching_cubes:
+                volumes = [volume.cpu() for volume in volumes]
         return volumes
 
     def extract_surfaces(
@@ -271,8 +290,16 @@ class ShapePipeline:
     ) -> list[trimesh.Trimesh | Exception]:
         """Marching cubes per sample (CPU). With ``return_exceptions`` a failed sample's slot holds its error."""
         timings = timings or StageTimings()
+        marching_cubes = marching_cubes_on_device if self.acceleration.device_marching_cubes else None
         with timings.stage("surface_extraction"):
-            return extract_surfaces(grids, params.mc_level, params.box_v, params.octree_resolution, return_exceptions)
+            return extract_surfaces(
+                grids,
+                params.mc_level,
+                params.box_v,
+                params.octree_resolution,
+                return_exceptions,
+                marching_cubes=marching_cubes,
+            )
 
     def generate_volumes(
         self,

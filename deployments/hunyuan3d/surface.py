@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,13 +15,17 @@ from .volume import SparseVolume
 
 # What marching cubes accepts: a decoder's sparse volume, or one dense (R+1)^3 grid
 SurfaceInput = SparseVolume | Tensor | np.ndarray
+# (D, H, W) volume, level -> vertices (V, 3) in voxel index units and faces (F, 3), scikit-image's convention
+MarchingCubes = Callable[[Tensor, float], tuple[np.ndarray, np.ndarray]]
 
 
 class EmptySurfaceError(ValueError):
     """The decoded occupancy never crosses the iso level: there is no surface to extract."""
 
 
-def extract_surface(grid: SurfaceInput, level: float, box_v: float, resolution: int) -> trimesh.Trimesh:
+def extract_surface(
+    grid: SurfaceInput, level: float, box_v: float, resolution: int, marching_cubes: MarchingCubes | None = None
+) -> trimesh.Trimesh:
     """One volume -> mesh, mapped and wound like the official pipeline.
 
     A :class:`SparseVolume` is cut to the box of its decoded points and marched only where they are (skimage's
@@ -48,6 +52,34 @@ def extract_surface(grid: SurfaceInput, level: float, box_v: float, resolution: 
         vertices, faces, _normals, _values = measure.marching_cubes(volume, level, method="lewiner", mask=mask)
     except (ValueError, RuntimeError) as exc:  # skimage: nothing to march in the masked region
         raise EmptySurfaceError(f"no surface at level {level}: {exc}") from exc
+    return _official_frame(vertices, faces, offset, box_v, resolution)
+
+
+def _extract_with(
+    marching_cubes: MarchingCubes, grid: SurfaceInput, level: float, box_v: float, resolution: int
+) -> trimesh.Trimesh:
+    offset = np.zeros(3)
+    if isinstance(grid, SparseVolume):
+        box = grid.decoded_box()
+        low, high = box if box is not None else ((0, 0, 0), (grid.side,) * 3)
+        volume = grid.region(low, high)[0]
+        offset = np.asarray(low, dtype=np.float64)
+    else:
+        volume = grid if isinstance(grid, Tensor) else torch.from_numpy(np.asarray(grid))
+    if not volume.numel() or not float(volume.nan_to_num(nan=level).amin()) < level < float(volume.amax()):
+        raise EmptySurfaceError(
+            f"no surface: the occupancy logits never cross the level {level}; try another seed or image"
+        )
+    vertices, faces = marching_cubes(volume, level)
+    if not len(faces):
+        raise EmptySurfaceError(f"no surface at level {level}; try another seed or image")
+    return _official_frame(vertices, faces, offset, box_v, resolution)
+
+
+def _official_frame(
+    vertices: np.ndarray, faces: np.ndarray, offset: np.ndarray, box_v: float, resolution: int
+) -> trimesh.Trimesh:
+    """Voxel-index vertices (of a box starting at ``offset``) -> the official pipeline's frame and winding."""
     # The official mapping divides by the number of grid points (R+1), not cells (R); kept for parity.
     vertices = ((vertices.astype(np.float64) + offset) / (resolution + 1) * (2 * box_v) - box_v).astype(np.float32)
     faces = np.ascontiguousarray(faces[:, ::-1])  # official winding
@@ -61,6 +93,7 @@ def extract_surfaces(
     resolution: int,
     return_exceptions: bool = False,
     workers: int | None = None,
+    marching_cubes: MarchingCubes | None = None,
 ) -> list[trimesh.Trimesh | Exception]:
     """:func:`extract_surface` for each volume of a batch, ``workers`` at a time (default: torch's intra-op
     threads, which Ray sets to the replica's CPUs; skimage's marching cubes releases the GIL for most of its
@@ -71,7 +104,7 @@ def extract_surfaces(
 
     def one(grid: SurfaceInput) -> trimesh.Trimesh | Exception:
         try:
-            return extract_surface(grid, level, box_v, resolution)
+            return extract_surface(grid, level, box_v, resolution, marching_cubes)
         except ValueError as exc:
             if not return_exceptions:
                 raise

@@ -87,3 +87,24 @@ def test_serve_config_max_ongoing_requests_holds_one_batch_more_than_in_flight()
     batching = BatchingConfig.model_validate(deployment["user_config"])
     assert isinstance(batching.max_batch_size, int)
     assert deployment["max_ongoing_requests"] >= batching.max_batch_size * (batching.max_concurrent_batches + 1)
+
+
+def test_generator_config_acceleration_section_is_off_by_default_and_validated_from_yaml():
+    assert GeneratorConfig().acceleration.model_dump() == {
+        "compile_dit": False,
+        "compile_decoder": False,
+        "compile_mode": "default",
+        "cuda_graphs": False,
+        "sdpa_backends": (),
+        "device_marching_cubes": False,
+    }
+    parsed = GeneratorConfig.model_validate(
+        yaml.safe_load("acceleration: {compile_dit: true, sdpa_backends: [flash, math]}")
+    )
+    assert parsed.acceleration.compile_dit and parsed.acceleration.sdpa_backends == ("flash", "math")
+    with pytest.raises(ValidationError, match="compile_dit"):
+        GeneratorConfig.model_validate({"acceleration": {"compile_ditt": True}})
+    with pytest.raises(ValidationError, match="sdpa_backends: unknown"):
+        GeneratorConfig.model_validate({"acceleration": {"sdpa_backends": ["fastest"]}})
+    with pytest.raises(ValidationError, match="has no effect"):
+        GeneratorConfig.model_validate({"acceleration": {"compile_mode": "max-autotune"}})

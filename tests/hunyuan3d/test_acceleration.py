@@ -14,13 +14,13 @@ from torch import Tensor, nn
 
 from deployments.hunyuan3d import ShapePipeline
 from deployments.hunyuan3d.acceleration import (
-    COMPILE_MODES,
     AccelerationOptions,
     CudaGraphStep,
     compile_module,
     dit_step,
     sdpa_context,
 )
+from deployments.hunyuan3d.acceleration_options import COMPILE_MODES
 from deployments.hunyuan3d.device_marching_cubes import (
     installed_warp_version,
     marching_cubes_on_device,
@@ -57,7 +57,6 @@ def test_acceleration_options_defaults_are_off_and_valid_everywhere() -> None:
         ({"compile_dit": True, "compile_mode": "max-autotune", "cuda_graphs": True}, "cuda_graphs"),
         ({"sdpa_backends": ("flash", "fast")}, "sdpa_backends"),
         ({"sdpa_backends": ("math", "math")}, "sdpa_backends"),
-        ({"sdpa_backends": ["math"]}, "sdpa_backends"),
         ({"sdpa_backends": "math"}, "sdpa_backends"),
     ],
 )
@@ -354,3 +353,32 @@ def test_marching_cubes_on_device_matches_skimage_lewiner() -> None:
     volume = ellipsoid_logits(64)
     vertices, faces = marching_cubes_on_device(torch.from_numpy(volume).to("cuda", torch.float16), 0.0)
     assert_same_surface(vertices, faces, volume.astype(np.float16).astype(np.float32), 0.0)
+
+
+def test_pipeline_refuses_gpu_only_options_on_the_cpu_naming_them() -> None:
+    from .conftest import TINY_MODELS
+
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
+        ShapePipeline.from_pretrained(
+            TINY_MODELS / "hunyuan3d-dit-v2-0", acceleration=AccelerationOptions(cuda_graphs=True)
+        )
+    with pytest.raises(ValueError, match="device_marching_cubes needs a CUDA device"):
+        ShapePipeline.from_pretrained(
+            TINY_MODELS / "hunyuan3d-dit-v2-0", acceleration=AccelerationOptions(device_marching_cubes=True)
+        )
+
+
+def test_pipeline_under_an_sdpa_restriction_gives_the_same_latents() -> None:
+    from deployments.hunyuan3d import GenerationParams
+
+    from .conftest import TINY_MODELS, load_image
+
+    params = GenerationParams(num_inference_steps=2, octree_resolution=32)
+    image = [load_image("object_rgba.png")]
+    default = ShapePipeline.from_pretrained(TINY_MODELS / "hunyuan3d-dit-v2-0")
+    restricted = ShapePipeline.from_pretrained(
+        TINY_MODELS / "hunyuan3d-dit-v2-0", acceleration=AccelerationOptions(sdpa_backends=("math",))
+    )
+    torch.testing.assert_close(
+        restricted.sample_latents(image, [5], params), default.sample_latents(image, [5], params), atol=1e-5, rtol=0
+    )
