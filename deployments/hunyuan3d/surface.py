@@ -30,50 +30,40 @@ def extract_surface(
 
     A :class:`SparseVolume` is cut to the box of its decoded points and marched only where they are (skimage's
     ``mask``): every cell that changes sign lies there, so the mesh is the one of the whole grid, in a fraction
-    of the time.
+    of the time. ``marching_cubes`` replaces scikit-image (the GPU's, on a volume left on the device); having
+    no mask, it marches the whole box.
     """
-    mask = None
-    offset = np.zeros(3)
+    volume, decoded, offset = _volume_box(grid)
+    if not volume.numel() or not float(volume.nan_to_num(nan=level).amin()) < level < float(volume.amax()):
+        span = f"[{volume.amin():.3g}, {volume.amax():.3g}]" if volume.numel() else "nothing"
+        raise EmptySurfaceError(
+            f"no surface: occupancy logits span {span} and never cross the level {level}; try another seed or image"
+        )
+    if marching_cubes is not None:
+        vertices, faces = marching_cubes(volume, level)
+        if not len(faces):
+            raise EmptySurfaceError(f"no surface at level {level}; try another seed or image")
+    else:
+        mask = None if decoded is None else decoded.cpu().numpy()
+        try:
+            vertices, faces, _normals, _values = measure.marching_cubes(
+                volume.cpu().numpy(), level, method="lewiner", mask=mask
+            )
+        except (ValueError, RuntimeError) as exc:  # skimage: nothing to march in the masked region
+            raise EmptySurfaceError(f"no surface at level {level}: {exc}") from exc
+    return _official_frame(vertices, faces, offset, box_v, resolution)
+
+
+def _volume_box(grid: SurfaceInput) -> tuple[Tensor, Tensor | None, np.ndarray]:
+    """The part of ``grid`` to march (float32), which of its points were decoded (None: all), and where the
+    part starts in the whole grid."""
     if isinstance(grid, SparseVolume):
         box = grid.decoded_box()
         low, high = box if box is not None else ((0, 0, 0), (grid.side,) * 3)
         values, decoded = grid.region(low, high)
-        volume = values.numpy()
-        mask = None if decoded is None else decoded.numpy()
-        offset = np.asarray(low, dtype=np.float64)
-    else:
-        volume = grid.detach().float().cpu().numpy() if isinstance(grid, Tensor) else np.asarray(grid)
-    if volume.size == 0 or not float(np.nanmin(volume)) < level < float(np.nanmax(volume)):
-        span = f"[{np.nanmin(volume):.3g}, {np.nanmax(volume):.3g}]" if volume.size else "nothing"
-        raise EmptySurfaceError(
-            f"no surface: occupancy logits span {span} and never cross the level {level}; try another seed or image"
-        )
-    try:
-        vertices, faces, _normals, _values = measure.marching_cubes(volume, level, method="lewiner", mask=mask)
-    except (ValueError, RuntimeError) as exc:  # skimage: nothing to march in the masked region
-        raise EmptySurfaceError(f"no surface at level {level}: {exc}") from exc
-    return _official_frame(vertices, faces, offset, box_v, resolution)
-
-
-def _extract_with(
-    marching_cubes: MarchingCubes, grid: SurfaceInput, level: float, box_v: float, resolution: int
-) -> trimesh.Trimesh:
-    offset = np.zeros(3)
-    if isinstance(grid, SparseVolume):
-        box = grid.decoded_box()
-        low, high = box if box is not None else ((0, 0, 0), (grid.side,) * 3)
-        volume = grid.region(low, high)[0]
-        offset = np.asarray(low, dtype=np.float64)
-    else:
-        volume = grid if isinstance(grid, Tensor) else torch.from_numpy(np.asarray(grid))
-    if not volume.numel() or not float(volume.nan_to_num(nan=level).amin()) < level < float(volume.amax()):
-        raise EmptySurfaceError(
-            f"no surface: the occupancy logits never cross the level {level}; try another seed or image"
-        )
-    vertices, faces = marching_cubes(volume, level)
-    if not len(faces):
-        raise EmptySurfaceError(f"no surface at level {level}; try another seed or image")
-    return _official_frame(vertices, faces, offset, box_v, resolution)
+        return values, decoded, np.asarray(low, dtype=np.float64)
+    volume = grid.detach() if isinstance(grid, Tensor) else torch.from_numpy(np.asarray(grid))
+    return volume.float(), None, np.zeros(3)
 
 
 def _official_frame(

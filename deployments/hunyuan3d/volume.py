@@ -126,10 +126,6 @@ class SparseVolume:
         decoded[at] = True
         return grid, decoded
 
-    def decoded_mask(self) -> Tensor | None:
-        """(R+1)^3 bool mask of the exactly decoded points, or None when every point was decoded."""
-        return self.region((0, 0, 0), (self.side,) * 3)[1]
-
 
 def grid_axis(resolution: int, box_v: float) -> np.ndarray:
     return np.linspace(-box_v, box_v, resolution + 1, dtype=np.float32)
@@ -180,8 +176,11 @@ def decode_hierarchical(
         refinement.run()
         volumes = refinement.volumes()
         if fine != levels[-1]:
-            coarse = torch.stack([volume.dense() for volume in volumes])
-            known = torch.stack([_mask_of(volume) for volume in volumes])
+            whole = [volume.region((0, 0, 0), (volume.side,) * 3) for volume in volumes]
+            coarse = torch.stack([grid for grid, _ in whole])
+            known = torch.stack(
+                [torch.ones_like(grid, dtype=torch.bool) if mask is None else mask for grid, mask in whole]
+            )
     if not volumes:  # a single level: decoded densely
         empty = torch.zeros(0, dtype=torch.long, device=device)
         volumes = [SparseVolume(levels[0], coarse[b], empty, empty.float()) for b in range(batch)]
@@ -361,13 +360,6 @@ def _cell_points(corners: Tensor) -> Tensor:
         low, high = values.narrow(axis, 0, 1), values.narrow(axis, 1, 1)
         values = torch.cat((low, (low + high) * 0.5, high), dim=axis)
     return values.reshape(-1, 27)
-
-
-def _mask_of(volume: SparseVolume) -> Tensor:
-    mask = volume.decoded_mask()
-    if mask is None:
-        return torch.ones(volume.side, volume.side, volume.side, dtype=torch.bool, device=volume.base.device)
-    return mask
 
 
 def _decode_grid(decoder: PointDecoder, resolution: int, box_v: float, num_chunks: int, device: torch.device) -> Tensor:

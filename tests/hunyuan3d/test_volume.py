@@ -206,3 +206,23 @@ def test_extract_surfaces_keeps_each_samples_error_in_its_slot():
     assert not isinstance(meshes[0], Exception) and isinstance(meshes[1], EmptySurfaceError)
     with pytest.raises(EmptySurfaceError):
         extract_surfaces(volumes, 0.0, BOX_V, 64)
+
+
+def test_extract_surface_hands_the_box_to_another_marching_cubes_and_gets_the_same_mesh():
+    """The hook device marching cubes uses: the box's volume (no mask) goes to the given function."""
+    from skimage import measure
+
+    volume = decode_hierarchical(AnalyticDecoder([torus()]), 128, BOX_V, 100_000, 0.0, CPU)[0]
+    seen: list[tuple[int, ...]] = []
+
+    def skimage_without_mask(grid: torch.Tensor, level: float) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(tuple(grid.shape))
+        vertices, faces, _, _ = measure.marching_cubes(grid.numpy(), level, method="lewiner")
+        return vertices, faces
+
+    mesh = extract_surface(volume, 0.0, BOX_V, 128, marching_cubes=skimage_without_mask)
+    reference = extract_surface(volume, 0.0, BOX_V, 128)
+    low, high = volume.decoded_box() or ((0, 0, 0), (129, 129, 129))
+    assert seen == [tuple(b - a for a, b in zip(low, high, strict=True))]  # the decoded box, not the grid
+    assert np.array_equal(mesh.faces, reference.faces)
+    np.testing.assert_allclose(mesh.vertices, reference.vertices, atol=1e-6)
