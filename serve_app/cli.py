@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from deployments.generate_command import add_generate_parser
     from serve_app.agent_cli import add_agent_parser
     from serve_app.auth.cli import add_keys_parser
+    from serve_app.mcp_server import add_mcp_parser
 
     parser = argparse.ArgumentParser(prog="orfeas", description="ORFEAS serve: images to 3D meshes for agents")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: $ORFEAS_MASTER_KEY, else <data-dir>/master.key (the dev-mode key)",
                 )
     add_agent_parser(subparsers)
+    add_mcp_parser(subparsers)
     return parser
 
 
@@ -96,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serve_app.agent_cli import run_agent
 
         return run_agent(args)
+    if args.command == "mcp":
+        from serve_app.mcp_server import run_mcp
+
+        return run_mcp(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
     return 2
 
