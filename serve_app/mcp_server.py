@@ -27,9 +27,7 @@ def add_mcp_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--url", help="API base URL; default: the key file's url")
     parser.add_argument("--transport", choices=TRANSPORTS, default="stdio", help="default: stdio")
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="streamable-http: address to listen on (default 127.0.0.1)"
-    )
+    parser.add_argument("--host", default="127.0.0.1", help="streamable-http: address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="streamable-http: port (default 8765; 0: any free)")
     return parser
 

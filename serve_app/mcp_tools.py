@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 from mcp.server.mcpserver import MCPServer
@@ -33,6 +33,7 @@ from deployments.contract import MAX_SEED, TERMINAL_STATUSES, JobStatus, MeshFor
 from serve_app.client import AgentClient, ApiRequestError
 
 MAX_TOOL_WAIT_S = 60.0
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 _DATA_URL = re.compile(r"^data:[^,]*;base64,", re.IGNORECASE)
 
 INSTRUCTIONS = """\
@@ -105,7 +106,8 @@ def _api_errors(base_url: str) -> Iterator[None]:
             details.append(f"request_id {exc.request_id}")
         raise ToolError(f"{exc.code}: {exc.message} ({', '.join(details)})") from None
     except httpx.TransportError as exc:
-        raise ToolError(f"api_unreachable: cannot reach the ORFEAS API at {base_url}: {exc or type(exc).__name__}")
+        reason = str(exc) or type(exc).__name__
+        raise ToolError(f"api_unreachable: cannot reach the ORFEAS API at {base_url}: {reason}") from None
 
 
 class OrfeasTools:
@@ -234,10 +236,10 @@ def _image_bytes(image_path: str | None, image_base64: str | None) -> bytes:
         raise ToolError(f"image_unreadable: cannot read image_path {image_path}: {exc.strerror or exc}") from None
 
 
-def build_server(client: AgentClient, *, log_level: str = "WARNING") -> MCPServer:
+def build_server(client: AgentClient, *, log_level: LogLevel = "WARNING") -> MCPServer:
     """An MCP server whose tools call the agent API through ``client``."""
     tools = OrfeasTools(client)
-    server: MCPServer = MCPServer("orfeas", instructions=INSTRUCTIONS, log_level=log_level)  # type: ignore[arg-type]
+    server: MCPServer = MCPServer("orfeas", instructions=INSTRUCTIONS, log_level=log_level)
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=True)
     server.add_tool(
         tools.generate_3d_shape,
