@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 TRANSPORTS = ("stdio", "streamable-http")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def add_mcp_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -37,7 +38,11 @@ def run_mcp(args: argparse.Namespace) -> int:
     from serve_app.client import DEFAULT_KEY_FILE, AgentClient
 
     try:
-        client = AgentClient.from_key_file(args.key_file or DEFAULT_KEY_FILE, base_url=args.url)
+        # a tool call should answer within an MCP client's patience: a long Retry-After comes back as a
+        # retryable tool error (queue_full, retryable after N s) for the agent to act on, not as a silent sleep
+        client = AgentClient.from_key_file(
+            args.key_file or DEFAULT_KEY_FILE, base_url=args.url, max_retries=2, max_retry_wait_s=10
+        )
     except (OSError, ValueError) as exc:
         print(f"orfeas mcp: error: {exc}", file=sys.stderr)
         return 2
@@ -48,6 +53,13 @@ def run_mcp(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         print(f"orfeas mcp: serving MCP (streamable HTTP) at {url} for {client.base_url}", file=sys.stderr, flush=True)
+        if args.host not in LOOPBACK_HOSTS:
+            # the transport has no authentication of its own: whoever reaches the port acts with this key
+            print(
+                f"orfeas mcp: warning: listening on {args.host}, not loopback: anyone who reaches it uses this key",
+                file=sys.stderr,
+                flush=True,
+            )
 
     with client:
         server = build_server(client)
