@@ -1,19 +1,21 @@
 """The MCP tool surface: five tools over :class:`~serve_app.client.AgentClient`, served by the official SDK.
 
-Agent side like the SDK it wraps: it imports the ``mcp`` SDK (and pydantic, which the SDK's typed tools are
-built on), httpx, the standard library and ``serve_app.client`` -- never torch, Ray, SQLAlchemy or Starlette
+Agent side like the SDK it wraps: it imports the ``mcp`` SDK (with its pydantic and anyio: typed tools, threads),
+httpx, the standard library and ``serve_app.client`` -- never torch, Ray, SQLAlchemy or Starlette
 (the SDK's HTTP transport brings its own Starlette and uvicorn).
 
 Every tool returns a typed model, so clients get both ``structuredContent`` and an ``outputSchema``. Failures
 the agent can act on -- an API error, an unreachable API, bad arguments, an unwritable path -- raise
 :class:`ToolError`, which the SDK turns into a result with ``isError`` whose text starts with the API's code:
-``job_not_found: no job ...``. The tools are synchronous; the SDK runs each call in a worker thread.
+``job_not_found: no job ...``. The tools call the synchronous client; the SDK runs each in a worker thread, and
+``get_job`` (async, so it can send progress notifications while it waits) hands its requests to threads itself.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import socket
 import time
@@ -23,8 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
+import anyio.to_thread
 import httpx
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
@@ -113,9 +117,8 @@ def _api_errors(base_url: str) -> Iterator[None]:
 class OrfeasTools:
     """The tool functions, bound to one signed client; their signatures are the tools' input schemas."""
 
-    def __init__(self, client: AgentClient, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, client: AgentClient) -> None:
         self._client = client
-        self._sleep = sleep
         self._server_max_wait: float | None = None
 
     def generate_3d_shape(
@@ -156,29 +159,36 @@ class OrfeasTools:
             )
         return Job.model_validate(job)
 
-    def get_job(
+    async def get_job(
         self,
         job_id: str,
         wait_s: Annotated[
             float,
             Field(ge=0, le=MAX_TOOL_WAIT_S, description="wait up to this many seconds for the job to finish"),
         ] = 0,
+        ctx: Context | None = None,
     ) -> Job:
-        """The job's status, stage and progress; with wait_s, returns as soon as it finishes or wait_s passes."""
+        """The job's status, stage and progress; with wait_s, returns as soon as it finishes or wait_s passes.
+
+        While waiting, each answer is also sent as an MCP progress notification (percent, stage).
+        """
         with _api_errors(self._client.base_url):
             if wait_s <= 0:
-                return Job.model_validate(self._client.get(job_id))
+                return Job.model_validate(await anyio.to_thread.run_sync(self._client.get, job_id))
             # the API holds one request at most max_wait_s: loop until the job ends or our deadline passes
             deadline = time.monotonic() + wait_s
-            step = self._max_wait()
+            step = await anyio.to_thread.run_sync(self._max_wait)
             while True:
                 remaining = max(0.0, deadline - time.monotonic())
-                job = self._client.get(job_id) if step <= 0 else self._client.get(job_id, wait=min(step, remaining))
+                wait = None if step <= 0 else min(step, remaining)
+                job = await anyio.to_thread.run_sync(functools.partial(self._client.get, job_id, wait=wait))
+                if ctx is not None:
+                    await ctx.report_progress(float(job.get("progress") or 0), 100, job.get("stage"))
                 remaining = deadline - time.monotonic()
                 if job["status"] in TERMINAL_STATUSES or remaining <= 0:
                     return Job.model_validate(job)
                 if step <= 0:  # the server does not hold requests: pace the polling ourselves
-                    self._sleep(min(1.0, remaining))
+                    await anyio.sleep(min(1.0, remaining))
 
     def download_mesh(
         self,

@@ -169,19 +169,39 @@ def wait_for_url(log: Path, server: subprocess.Popen[bytes]) -> str:
         time.sleep(0.1)
 
 
-async def test_mcp_get_job_waits_then_reports_a_queued_job_and_cancels_it(paused_live_api: LiveApi):
+async def test_mcp_get_job_waits_reports_progress_then_cancels_a_queued_job(paused_live_api: LiveApi):
     # in-process (the SDK's in-memory transport): the same tools without a subprocess
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, total, message))
+
     with paused_live_api.client() as agent:
         async with Client(build_server(agent), read_timeout_seconds=TIMEOUT_S) as client:
             job = await call(client, "generate_3d_shape", image_base64=base64.b64encode(png_bytes()).decode())
-            waited = await call(client, "get_job", job_id=job["job_id"], wait_s=0.5)
-            assert (waited["status"], waited["stage"]) == ("queued", "queued")
-            assert "result_not_ready: " in await call_error(
-                client, "download_mesh", job_id=job["job_id"], path=str(paused_live_api.service.config.data_dir)
+            waited = await client.call_tool(
+                "get_job", {"job_id": job["job_id"], "wait_s": 0.5}, progress_callback=on_progress
             )
+            assert not waited.is_error and waited.structured_content is not None
+            assert (waited.structured_content["status"], waited.structured_content["stage"]) == ("queued", "queued")
+            assert progress and set(progress) == {(0.0, 100.0, "queued")}
+            target = str(paused_live_api.service.config.data_dir)
+            not_ready = await call_error(client, "download_mesh", job_id=job["job_id"], path=target)
+            assert "result_not_ready: " in not_ready and "HTTP 409" in not_ready
             cancelled = await call(client, "cancel_job", job_id=job["job_id"])
             assert cancelled["status"] == "cancelled"
             assert (await call(client, "list_jobs", status="cancelled"))["jobs"][0]["job_id"] == job["job_id"]
+
+
+async def test_mcp_generate_on_a_full_queue_is_a_retryable_tool_error(paused_live_api: LiveApi):
+    # room for 3 queued jobs, Retry-After 1 s: the 4th submission retries, then reports queue_full
+    with paused_live_api.client(max_retries=1) as agent:
+        async with Client(build_server(agent), read_timeout_seconds=TIMEOUT_S) as client:
+            image = base64.b64encode(png_bytes()).decode()
+            for _ in range(3):
+                await call(client, "generate_3d_shape", image_base64=image)
+            full = await call_error(client, "generate_3d_shape", image_base64=image)
+    assert "queue_full: " in full and "HTTP 503, retryable after 1 s" in full
 
 
 async def test_mcp_download_to_an_unwritable_path_is_a_tool_error(live_api: LiveApi, tmp_path: Path):
