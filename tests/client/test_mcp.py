@@ -139,9 +139,12 @@ async def test_mcp_stdio_generate_wait_download_list_cancel(live_api: LiveApi, t
 async def test_mcp_streamable_http_serves_the_tools(live_api: LiveApi, tmp_path: Path):
     with live_api.client() as agent:
         job_id = agent.submit(png_bytes(), params=PARAMS)["job_id"]
+    # a key file without url: --url names the API
+    key_file = tmp_path / "agent.json"
+    key_file.write_text(json.dumps({"key_id": live_api.key_id, "secret": live_api.secret}))
     log = tmp_path / "mcp.log"
     with log.open("w") as stderr:
-        command = ["-m", "serve_app.cli", "mcp", "--key-file", str(live_api.key_file)]
+        command = ["-m", "serve_app.cli", "mcp", "--key-file", str(key_file), "--url", live_api.url]
         server = subprocess.Popen(
             [sys.executable, *command, "--transport", "streamable-http", "--port", "0"], cwd=ROOT, stderr=stderr
         )
