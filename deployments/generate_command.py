@@ -11,12 +11,13 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from .contract import DEFAULT_MAX_FACES, MESH_FORMATS, REMOVE_BACKGROUND_MODES, GenerationError, RemoveBackground
 from .hunyuan3d.params import VOLUME_DECODERS
-from .image_input import decode_image
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class CommandError(Exception):
@@ -87,6 +88,8 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
 
 def load_images(paths: list[Path]) -> list[Image.Image]:
     """Each file decoded as the service decodes uploads (EXIF orientation applied)."""
+    from .image_input import decode_image  # Pillow: a server dependency, loaded on use
+
     images = []
     for path in paths:
         if not path.is_file():
