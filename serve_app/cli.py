@@ -163,10 +163,12 @@ def run_keys(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
+    import serve_app.auth.keys  # noqa: F401  (registers the table; SQLAlchemy: fails first in a light install)
     from serve_app.auth.cli import run_keys_command
     from serve_app.auth.crypto import MasterKeyError, load_master_key
     from serve_app.auth.settings import AuthSettings
     from serve_app.config import AppConfig
+    from serve_app.db import create_schema, make_engine
 
     config = AppConfig(mode="production", data_dir=args.data_dir, database_url=args.database_url)
     key_file = args.master_key_file
@@ -181,9 +183,6 @@ def run_keys(args: argparse.Namespace) -> int:
         args.scopes = list(DEFAULT_SCOPES)
 
     async def run() -> int:
-        import serve_app.auth.keys  # noqa: F401  (registers the table)
-        from serve_app.db import create_schema, make_engine
-
         config.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(config.resolved_database_url)
         try:
