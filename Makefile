@@ -1,4 +1,4 @@
-# One setup path: a virtual environment at .venv/ with the project and its dev extra installed.
+# One setup path: a virtual environment at .venv/ with the project, its server extra and its dev extra installed.
 # `make test` installs what is missing and runs the whole suite with coverage (CI runs exactly this).
 
 PYTHON ?= python3
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH),$(PY) -m pip install --quiet "$(TORCH)")
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[server,dev]"
 	touch $@
 
 lint: install

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
 from .contract import REMOVE_BACKGROUND_MODES, GenerationError, RemoveBackground
 from .generate_command import CommandError
-from .image_input import decode_image
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from .background import BackgroundConfig
 
 __all__ = ["CommandError", "RemoveBackgroundOptions", "add_remove_background_parser", "run_remove_background"]
@@ -94,6 +93,8 @@ def background_config(options: RemoveBackgroundOptions) -> BackgroundConfig:
 
 
 def load_image(path: Path) -> Image.Image:
+    from .image_input import decode_image  # Pillow: a server dependency, loaded on use
+
     if not path.is_file():
         raise CommandError(f"{path}: no such file")
     try:

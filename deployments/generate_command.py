@@ -8,15 +8,18 @@ one-line reason; the CLI prints it and exits non-zero.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from .contract import DEFAULT_MAX_FACES, MESH_FORMATS, REMOVE_BACKGROUND_MODES, GenerationError, RemoveBackground
 from .hunyuan3d.params import VOLUME_DECODERS
-from .image_input import decode_image
+from .terminal import StatusLine
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class CommandError(Exception):
@@ -87,6 +90,8 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
 
 def load_images(paths: list[Path]) -> list[Image.Image]:
     """Each file decoded as the service decodes uploads (EXIF orientation applied)."""
+    from .image_input import decode_image  # Pillow: a server dependency, loaded on use
+
     images = []
     for path in paths:
         if not path.is_file():
@@ -102,7 +107,14 @@ def run_generate(options: GenerateOptions) -> list[Path]:
     """Generate one mesh per image; returns the written paths and prints the timing summary."""
     # torch and the model load only here, so the rest of the CLI starts fast and without torch
     from .contract import MeshOptions
-    from .hunyuan3d import CheckpointError, GenerationParams, ShapePipeline, StageTimings, UnsupportedModelError
+    from .hunyuan3d import (
+        STAGES,
+        CheckpointError,
+        GenerationParams,
+        ShapePipeline,
+        StageTimings,
+        UnsupportedModelError,
+    )
     from .mesh_cleanup import clean_mesh
     from .mesh_io import export_mesh
 
@@ -130,18 +142,24 @@ def run_generate(options: GenerateOptions) -> list[Path]:
 
     seeds = [options.seed + i for i in range(len(images))]
     groups = [list(range(len(images)))] if options.batch else [[i] for i in range(len(images))]
-    timings = StageTimings()
+    # on a terminal: `[1/2] cat.png: diffusion 33%` on stderr, rewritten as each stage starts
+    line = StatusLine(sys.stderr)
+    label = ""
+    timings = StageTimings(on_stage=lambda stage: line.update(f"{label}: {stage_progress(stage, STAGES)}"))
     options.out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     failures: list[str] = []
-    for group in groups:
+    for number, group in enumerate(groups, start=1):
+        label = f"[{number}/{len(groups)}] {', '.join(options.images[i].name for i in group)}"
         try:
             meshes = pipeline.generate_shape_batch(
                 [images[i] for i in group], [seeds[i] for i in group], params, timings, return_exceptions=True
             )
         except ValueError as exc:  # e.g. a fully transparent image
+            line.clear()
             failures.append(f"{', '.join(options.images[i].name for i in group)}: {exc}")
             continue
+        line.clear()
         for i, mesh in zip(group, meshes, strict=True):
             if isinstance(mesh, Exception):
                 failures.append(f"{options.images[i].name}: {mesh}")
@@ -173,6 +191,12 @@ def _cut_out(images: list[Image.Image], options: GenerateOptions) -> list[Image.
     if failures:
         raise CommandError("; ".join(failures))
     return cut  # type: ignore[return-value]
+
+
+def stage_progress(stage: str, stages: tuple[str, ...]) -> str:
+    """``diffusion 33%``: the stage and the share of the pipeline's stages already done."""
+    done = stages.index(stage) if stage in stages else len(stages)
+    return f"{stage} {100 * done // len(stages)}%"
 
 
 def format_timings(seconds: dict[str, float], load_seconds: float, count: int, batched: bool) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deployments.contract import JOB_STATUSES, MESH_FORMATS, PRIORITIES
+from deployments.terminal import StatusLine, short_id
 
 if TYPE_CHECKING:
     from serve_app.client import AgentClient
@@ -73,7 +75,13 @@ def _submit(client: AgentClient, args: argparse.Namespace) -> tuple[Any, int]:
     out.mkdir(parents=True, exist_ok=True)
     status = 0
     for result in results:
-        job = result["job"] = client.wait(result["job"]["job_id"], timeout=args.timeout)
+        # on a terminal, one line per job rewritten as it moves; piped, stderr stays quiet and stdout is JSON
+        line = StatusLine(sys.stderr)
+        on_progress = _show_progress(line) if line.enabled else None
+        try:
+            job = result["job"] = client.wait(result["job"]["job_id"], timeout=args.timeout, on_progress=on_progress)
+        finally:
+            line.finish()
         if job["status"] == "succeeded":
             path = out / f"{Path(result['image']).stem}-{job['job_id']}.{args.format}"
             client.download(job["job_id"], args.format, path=path)
@@ -84,6 +92,20 @@ def _submit(client: AgentClient, args: argparse.Namespace) -> tuple[Any, int]:
             print(f"orfeas agent: job {job['job_id']} {job['status']}{reason}", file=sys.stderr)
             status = 1
     return results, status
+
+
+def _show_progress(line: StatusLine) -> Callable[[dict[str, Any]], None]:
+    return lambda job: line.update(progress_text(job))
+
+
+def progress_text(job: dict[str, Any]) -> str:
+    """``job_ab12… running generating 10%``: what a person watching the terminal wants to see of a job."""
+    parts = [short_id(job["job_id"]), job["status"]]
+    if job.get("stage") and job["stage"] != job["status"]:
+        parts.append(job["stage"])
+    if job.get("progress") is not None:
+        parts.append(f"{job['progress']}%")
+    return " ".join(parts)
 
 
 def _run(client: AgentClient, args: argparse.Namespace) -> tuple[Any, int]:

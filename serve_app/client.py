@@ -29,6 +29,8 @@ from serve_app.auth.signing import AgentSigner
 
 API = "/api/agent"
 DEFAULT_KEY_FILE = Path(".orfeas") / "dev-agent.json"
+# with a progress callback, `wait` long-polls at most this long per request, so stage changes show promptly
+PROGRESS_POLL_S = 1.0
 
 # path, raw bytes, or anything with PIL's ``save(fp, format=...)`` (not imported: the SDK does not need PIL)
 ImageInput = str | os.PathLike[str] | bytes | Any
@@ -263,17 +265,34 @@ class AgentClient:
         timeout = httpx.Timeout(self.timeout, read=self.timeout + wait)
         return self._request("GET", f"/jobs/{job_id}", params={"wait": f"{wait:g}"}, timeout=timeout).json()
 
-    def wait(self, job_id: str, *, timeout: float = 600, poll_s: float | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float = 600,
+        poll_s: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Long-poll until the job is succeeded, failed, cancelled or expired; TimeoutError after ``timeout``.
 
-        ``poll_s`` is how long each request may wait on the server; default: the server's max_wait_s.
+        ``poll_s`` is how long each request may wait on the server; default: the server's max_wait_s, or at
+        most :data:`PROGRESS_POLL_S` with ``on_progress``. The long-poll returns when the job finishes, so
+        progress needs shorter polls: ``on_progress(view)`` gets each fetched view whose status, stage or
+        progress differs from the previous one (the terminal view included).
         """
         step = self._server_max_wait() if poll_s is None else poll_s
+        if on_progress is not None and poll_s is None:
+            step = min(step, PROGRESS_POLL_S)
         deadline = time.monotonic() + timeout
+        seen: tuple[Any, ...] | None = None
         while True:
             remaining = deadline - time.monotonic()
             wait = max(0.0, min(step, remaining))
             job = self.get(job_id, wait=wait)
+            state = (job["status"], job.get("stage"), job.get("progress"))
+            if on_progress is not None and state != seen:
+                on_progress(job)
+                seen = state
             if job["status"] in TERMINAL_STATUSES:
                 return job
             remaining = deadline - time.monotonic()

@@ -86,3 +86,28 @@ async def _dev_key_still_valid(path: Path, keys: KeyStore) -> bool:
     except (OSError, ValueError, KeyError):
         return False
     return (await keys.lookup(key_id)).status == "active"
+
+
+# the image the ready line suggests, when the service runs from a checkout (tests/fixtures is not packaged)
+_TRY_IMAGE = Path("tests") / "fixtures" / "images" / "object_rgba.png"
+_CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def ready_line(config: AppConfig) -> str:
+    """The one line a person starting the service needs: where it listens and, in dev mode, how to try it.
+
+    Paths inside the checkout are shown relative to it (where `make serve` runs); ``--key-file`` is left
+    out when the key is where `orfeas agent` looks by default (``.orfeas/dev-agent.json``).
+    """
+    line = f"ORFEAS serve ready on {config.public_url}"
+    if config.mode != "dev":
+        return line
+    key_file = _shown(config.dev_key_file)
+    image = _TRY_IMAGE if (_CHECKOUT / _TRY_IMAGE).is_file() else Path("IMAGE.png")
+    key_option = "" if key_file == Path(".orfeas") / "dev-agent.json" else f" --key-file {key_file}"
+    return f"{line} - dev agent key: {key_file} - try: orfeas agent submit {image} --wait --out out/{key_option}"
+
+
+def _shown(path: Path) -> Path:
+    absolute = path.resolve()
+    return absolute.relative_to(_CHECKOUT) if absolute.is_relative_to(_CHECKOUT) else absolute

@@ -14,6 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
 from serve_app.config import AppConfig
+from serve_app.dev_setup import ready_line
 from serve_app.http_app import build_http_app
 from serve_app.metrics import IngressMetrics
 from serve_app.service import AgentService
@@ -33,6 +34,7 @@ class AgentIngress:
         self._worker = worker
         self._service = await AgentService.start(AppConfig.model_validate(config), self._wake_worker)
         self._app = build_http_app(self._service, behind_serve_proxy=True, metrics=IngressMetrics())
+        logger.info(ready_line(self._service.config))
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return self._app

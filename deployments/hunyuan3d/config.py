@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 SchedulerKind = Literal["flow_match_euler", "consistency_flow_match_euler"]
 
 
@@ -144,6 +142,8 @@ class ShapeModelConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ShapeModelConfig:
+        import yaml  # a server dependency: the light (agent) install imports this module without it
+
         path = Path(path)
         with path.open() as f:
             raw = yaml.safe_load(f)

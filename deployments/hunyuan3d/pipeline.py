@@ -12,7 +12,7 @@ once when it checks it, and overlap one batch's marching cubes with the next bat
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,13 +41,19 @@ STAGES = ("preprocess", "conditioner", "diffusion", "vae", "volume_decoding", "s
 
 
 class StageTimings:
-    """Wall-clock seconds per pipeline stage (accumulated); synchronises CUDA so GPU time is real."""
+    """Wall-clock seconds per pipeline stage (accumulated); synchronises CUDA so GPU time is real.
 
-    def __init__(self) -> None:
+    ``on_stage(name)`` is called as each stage starts (progress display, e.g. `orfeas generate` on a terminal).
+    """
+
+    def __init__(self, on_stage: Callable[[str], None] | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.on_stage = on_stage
 
     @contextmanager
     def stage(self, name: str, device: torch.device | None = None) -> Iterator[None]:
+        if self.on_stage is not None:
+            self.on_stage(name)
         start = time.perf_counter()
         try:
             yield

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
 import trimesh
 
+from deployments.hunyuan3d import STAGES
 from serve_app.cli import main
 from tests.hunyuan3d.conftest import IMAGES, REPO, TINY_MODELS
 
@@ -52,4 +54,38 @@ def test_generate_bad_model_folder_exits_nonzero(tmp_path, capsys):
 def test_orfeas_console_help_needs_no_torch():
     # the CLI module must import without torch so `orfeas --help` and the key commands stay light
     code = "import sys, serve_app.cli; serve_app.cli.build_parser(); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_generate_on_a_terminal_shows_each_stage_on_stderr(tmp_path, capsys, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    image = str(IMAGES / "object_rgba.png")
+    assert main(["generate", image, "--model", MODEL, "--out", str(tmp_path), *QUICK]) == 0
+    shown = terminal.getvalue()
+    for number, stage in enumerate(STAGES):
+        assert f"\r\x1b[K[1/1] object_rgba.png: {stage} {100 * number // len(STAGES)}%" in shown
+    assert shown.endswith("\r\x1b[K")  # erased before the results went to stdout
+    assert "object_rgba" not in shown.replace("object_rgba.png", "")  # the written paths went to stdout
+    assert "timings (1 image(s)" in capsys.readouterr().out
+
+
+def test_generate_piped_writes_no_progress(tmp_path, capsys):
+    image = str(IMAGES / "object_rgba.png")
+    assert main(["generate", image, "--model", MODEL, "--out", str(tmp_path), *QUICK]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_light_parser_modules_import_without_pillow_or_yaml():
+    # what `orfeas --help` and the agent commands load in the base (agent) install
+    code = (
+        "import sys, serve_app.cli, serve_app.client; serve_app.cli.build_parser(); "
+        "heavy = {'torch', 'PIL', 'yaml', 'sqlalchemy', 'starlette', 'ray', 'numpy'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
