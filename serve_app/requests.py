@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -182,7 +182,7 @@ def _check_bounds(merged: dict[str, Any], limits: ApiLimits) -> None:
             raise ApiError(422, "invalid_params", f"{name} must be between {low} and {high} here, got {value}")
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
