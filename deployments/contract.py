@@ -38,11 +38,10 @@ CONTENT_TYPES: dict[MeshFormat, str] = {
     "ply": "application/x-ply",
 }
 
-# Seeds feed 64-bit torch generators and a BIGINT column.
-MAX_SEED = 2**63 - 1
-# Seeds the service draws stay below 2^53, so JSON clients that read numbers as doubles (JavaScript) get
-# them back exactly; agents may still send any seed up to MAX_SEED.
-MAX_DRAWN_SEED = 2**53 - 1
+# Seeds agents send and seeds the service draws: at most 2^53 - 1, the largest integer a JSON number keeps
+# exactly in parsers that read numbers as doubles (JavaScript). 64-bit torch generators and the BIGINT
+# column hold them with room to spare.
+MAX_SEED = 2**53 - 1
 
 RemoveBackground = Literal["auto", "always", "never"]
 REMOVE_BACKGROUND_MODES: tuple[RemoveBackground, ...] = get_args(RemoveBackground)

@@ -23,7 +23,7 @@ from typing import Any
 # outside strings only brackets matter for depth, and both kinds count the same
 _BRACKETS_ONLY = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
-# no field takes an integer anywhere near this long (seeds are below 2**63, 19 digits)
+# no field takes an integer anywhere near this long (seeds are below 2**53, 16 digits)
 MAX_INTEGER_CHARS = 32
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from deployments.contract import MAX_SEED, PRIORITIES, split_job_params
+from deployments.contract import MAX_SEED, MIN_FACE_BUDGET, PRIORITIES, split_job_params
 from serve_app.config import ApiLimits, AppConfig
 from serve_app.errors import ApiError
 from serve_app.image_pool import decode_images
@@ -39,6 +40,10 @@ _STORED_EXTENSIONS = {"PNG": "png", "JPEG": "jpg"}
 # names and values echoed in error messages are cut: a hostile body must not come back inflated
 _SHOWN_NAMES = 10
 _SHOWN_CHARS = 64
+# Parts a multipart job may hold. Files past the one 'image' are parsed (the body is bounded and already read)
+# so that the refusal can name the field; more parts than these are a malformed body.
+_MAX_FORM_FILES = 8
+_MAX_FORM_FIELDS = 8
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,19 @@ async def read_body(request: Request, limits: ApiLimits) -> ParsedBody:
 async def _read_multipart(request: Request, limits: ApiLimits) -> ParsedBody:
     # read (and cache) the raw bytes first: the idempotency fingerprint hashes them after parsing
     await request.body()
-    async with request.form(max_files=1, max_fields=8) as form:
+    try:
+        form = await request.form(max_files=_MAX_FORM_FILES, max_fields=_MAX_FORM_FIELDS)
+    except HTTPException as exc:  # Starlette's answer to python-multipart failing on the body
+        raise ApiError(
+            400,
+            "invalid_multipart",
+            f"the multipart/form-data body cannot be parsed ({_shown(exc.detail)}); send one file field 'image' "
+            "and the form fields seed, params, priority, with the boundary of the Content-Type header",
+        ) from None
+    try:
         return await _parse_form(form, limits)
+    finally:
+        await form.close()
 
 
 async def _parse_form(form: Any, limits: ApiLimits) -> ParsedBody:
@@ -80,8 +96,11 @@ async def _parse_form(form: Any, limits: ApiLimits) -> ParsedBody:
     upload: bytes | None = None
     for name, value in form.multi_items():
         if hasattr(value, "read"):
-            if name != "image":
-                raise ApiError(422, "invalid_field", f"unexpected file field {name!r}; upload the image as 'image'")
+            if name != "image" or upload is not None:
+                what = "a second 'image' file" if name == "image" else f"file field {_shown(name)!r}"
+                raise ApiError(
+                    400, "unexpected_file_field", f"unexpected {what}; send exactly one file, the field 'image'"
+                )
             upload = await value.read()
         elif name == "params":
             try:
@@ -134,33 +153,49 @@ def generation_params(raw: object, config: AppConfig) -> dict[str, Any]:
             422, "invalid_params", f"unknown parameter(s) {_names(unknown)}; agents may set {list(API_PARAMS)}"
         )
     merged = {**config.job_defaults, **raw}
-    limits = config.limits
+    # the bounds of this deployment first: the model's own (wider) ranges stay an internal check
+    _check_bounds(merged, config.limits)
     try:
-        params, mesh, _ = split_job_params(merged)
+        split_job_params(merged)
     except (TypeError, ValueError) as exc:
         raise ApiError(422, "invalid_params", _shown(str(exc))) from None
-    if mesh.max_faces > limits.max_face_budget:
+    return {name: merged[name] for name in API_PARAMS}
+
+
+def _check_bounds(merged: dict[str, Any], limits: ApiLimits) -> None:
+    """Numbers outside what the operator allows, refused with those bounds (types are checked after)."""
+    max_faces = merged.get("max_faces")
+    if _is_number(max_faces) and max_faces != 0 and not MIN_FACE_BUDGET <= max_faces <= limits.max_face_budget:
         raise ApiError(
             422,
             "invalid_params",
-            f"max_faces must be at most {limits.max_face_budget} here (or 0), got {mesh.max_faces}",
+            f"max_faces must be between {MIN_FACE_BUDGET} and {limits.max_face_budget} here (or 0), got {max_faces}",
         )
     checks = (
-        ("num_inference_steps", params.num_inference_steps, 1, limits.max_inference_steps),
-        ("octree_resolution", params.octree_resolution, limits.min_octree_resolution, limits.max_octree_resolution),
-        ("guidance_scale", params.guidance_scale, 0.0, limits.max_guidance_scale),
+        ("num_inference_steps", 1, limits.max_inference_steps),
+        ("octree_resolution", limits.min_octree_resolution, limits.max_octree_resolution),
+        ("guidance_scale", 0.0, limits.max_guidance_scale),
     )
-    for name, value, low, high in checks:
-        if not low <= value <= high:
+    for name, low, high in checks:
+        value = merged.get(name)
+        if _is_number(value) and not low <= value <= high:
             raise ApiError(422, "invalid_params", f"{name} must be between {low} and {high} here, got {value}")
-    return {name: merged[name] for name in API_PARAMS}
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _seed(value: object, where: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise ApiError(422, "invalid_seed", f"{where} 'seed' must be an integer between 0 and {MAX_SEED}")
+        raise ApiError(
+            422,
+            "invalid_seed",
+            f"{where} 'seed' must be an integer between 0 and {MAX_SEED} (2**53 - 1, the largest integer a "
+            "JSON number keeps exactly in JavaScript)",
+        )
     return value
 
 
@@ -171,13 +206,21 @@ def _priority(value: object) -> str:
     return str(value)
 
 
-def _image_bytes(value: object, upload: bytes | None, limits: ImageLimits, field: str) -> tuple[bytes, str]:
+def _image_bytes(fields: dict[str, Any], upload: bytes | None, limits: ImageLimits, field: str) -> tuple[bytes, str]:
+    """The image of a job or a batch item: the multipart file, else the base64 field, which must be present
+    (``missing_image``) and a non-empty string (``invalid_image_field``)."""
     if upload is not None:
         return upload, field
+    if "image" not in fields:
+        raise _missing_image(field)
     try:
-        return base64_payload(value, limits, field), field
+        return base64_payload(fields["image"], limits, field), field
     except ImageRejected as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
+
+
+def _missing_image(field: str) -> ApiError:
+    return ApiError(422, "missing_image", f"'{field}' (a base64 PNG, JPEG or WebP file) is required")
 
 
 async def _decoded(payloads: list[tuple[bytes, str]], config: AppConfig) -> list[DecodedImage]:
@@ -213,11 +256,11 @@ async def parse_job(body: ParsedBody, config: AppConfig) -> NewJob:
     fields = body.fields
     _unknown(fields, _JOB_FIELDS, "the job")
     if body.upload is None and "image" not in fields:
-        raise ApiError(422, "missing_image", "'image' (base64) is required")
+        raise _missing_image("image")
     params = generation_params(fields.get("params"), config)
     seed = _seed(fields.get("seed"), "the job's")
     priority = _priority(fields.get("priority"))
-    payload = _image_bytes(fields.get("image"), body.upload, image_limits(config), "image")
+    payload = _image_bytes(fields, body.upload, image_limits(config), "image")
     (image,) = await _decoded([payload], config)
     return _new_job(image, seed, params, priority, config)
 
@@ -243,6 +286,6 @@ async def parse_batch(body: ParsedBody, config: AppConfig) -> list[NewJob]:
             raise ApiError(422, "invalid_items", f"items[{index}] must be an object")
         _unknown(item, _ITEM_FIELDS, f"items[{index}]")
         seeds.append(_seed(item.get("seed"), f"items[{index}]"))
-        payloads.append(_image_bytes(item.get("image"), None, limits, f"items[{index}].image"))
+        payloads.append(_image_bytes(item, None, limits, f"items[{index}].image"))
     images = await _decoded(payloads, config)
     return [_new_job(image, seed, params, priority, config) for image, seed in zip(images, seeds, strict=True)]

@@ -189,20 +189,20 @@ async def get_job(request: Request) -> Response:
 async def list_jobs(request: Request) -> Response:
     principal = require_scope(request, "jobs:read")
     service = _service(request)
-    status = request.query_params.get("status")
+    # an empty value is a parameter not given (`?status=&limit=&cursor=`): no filter, the default page, page one
+    query = {name: value for name, value in request.query_params.items() if value != ""}
+    status = query.get("status")
     if status is not None and status not in JOB_STATUSES:
         raise ApiError(422, "invalid_status", f"'status' must be one of {list(JOB_STATUSES)}")
     max_page = service.config.limits.max_list_page
     try:
-        limit = int(request.query_params.get("limit", "50"))
+        limit = int(query.get("limit", "50"))
     except ValueError:
         raise ApiError(422, "invalid_limit", f"'limit' must be an integer between 1 and {max_page}") from None
     if not 1 <= limit <= max_page:
         raise ApiError(422, "invalid_limit", f"'limit' must be between 1 and {max_page}")
     try:
-        page = await service.store.list_jobs(
-            principal.agent, status=status, cursor=request.query_params.get("cursor"), limit=limit
-        )
+        page = await service.store.list_jobs(principal.agent, status=status, cursor=query.get("cursor"), limit=limit)
     except ValueError:
         raise ApiError(422, "invalid_cursor", "'cursor' is not one this API returned") from None
     return JSONResponse({"jobs": [job_view(job) for job in page.jobs], "next_cursor": page.next_cursor})

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from deployments.contract import JOB_STATUSES, MAX_DRAWN_SEED, ErrorCode
+from deployments.contract import JOB_STATUSES, MAX_SEED, ErrorCode
 from serve_app.artifacts import ArtifactStore
 from serve_app.config import JobSettings
 from serve_app.jobs import idempotency
@@ -195,7 +195,7 @@ class JobStore:
             "progress": 0,
             "priority": job.priority,
             # A drawn seed is stored like a given one, so the job can be reproduced.
-            "seed": job.seed if job.seed is not None else secrets.randbelow(MAX_DRAWN_SEED + 1),
+            "seed": job.seed if job.seed is not None else secrets.randbelow(MAX_SEED + 1),
             "params": dict(job.params),
             "model": job.model,
             "input_path": f"inputs/{job_id}.{job.image_format}",
