@@ -108,7 +108,7 @@ def _download_app(backend: ArtifactBackend) -> Starlette:
 async def test_backend_download_streams_with_the_file_response_headers(
     backend: ArtifactBackend, tmp_path: Path
 ) -> None:
-    data = bytes(range(256)) * 8192  # 2 MiB: more than one chunk
+    data = bytes(range(256)) * 6 * 4096  # 6 MiB: a multipart upload to S3, several chunks back
     backend.put_bytes("results/job_1/mesh-1.stl", data)
     transport = httpx.ASGITransport(app=_download_app(backend))
 
