@@ -260,7 +260,7 @@ class Dispatcher:
             self._publish(job, "succeeded", "done", 100)
         else:
             # Cancelled or taken over while we stored it: ours is not the result, leave no file behind.
-            self._artifacts.delete(relpath)
+            await asyncio.to_thread(self._artifacts.delete, relpath)  # a network call on S3
 
     async def _produce(self, job: JobRecord, timings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The model call and the mesh file: (its relative path, its mesh statistics).
