@@ -1,4 +1,4 @@
-"""Artifact storage on the local filesystem, and the mesh formats agents can download.
+"""Artifact storage on the local filesystem (``app.artifacts: {kind: local}``, the default).
 
 Every write is atomic: the bytes go to a hidden temp file in the target's own directory, are fsynced, and
 replace the target with ``os.replace`` (atomic on POSIX within one filesystem); the directory is fsynced so
@@ -6,8 +6,8 @@ the rename itself survives a power cut. A reader therefore sees the old file, th
 never a partial one, and a crash leaves at worst a ``.tmp-*`` file behind.
 
 Meshes arrive from the model replica as GLB bytes (the canonical format) and are converted to the other
-download formats on demand, then cached next to the GLB: storing all four at completion would quadruple
-the disk for formats most agents never ask for.
+download formats on demand, then cached next to the GLB (:func:`serve_app.artifact_backend.mesh_artifact`):
+storing all four at completion would quadruple the disk for formats most agents never ask for.
 
 Writes raise ``OSError`` as the filesystem does (``ENOSPC`` on a full disk, ``EROFS`` on a read-only one):
 callers map it to an answer (``serve_app.errors``) or a retry. Deletes never raise: what cannot be removed now
@@ -20,26 +20,25 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from deployments.contract import CANONICAL_FORMAT, MESH_FORMATS, MeshFormat
-from deployments.mesh_io import export_mesh, load_mesh
+from starlette.responses import FileResponse, Response
+
+from deployments.contract import MeshFormat
+from serve_app.artifact_backend import StoredFile, check_relpath, mesh_artifact
 
 _TEMP_PREFIX = ".tmp-"
 
 logger = logging.getLogger("orfeas.artifacts")
 
 
-@dataclass(frozen=True)
-class StoredFile:
-    relpath: str
-    mtime: float  # seconds since the epoch
-    temporary: bool  # a leftover of an interrupted atomic write
+__all__ = ["ArtifactStore", "LocalArtifactStore", "StoredFile"]
 
 
-class ArtifactStore:
-    """Files under one data directory, addressed by relative POSIX paths such as ``results/job_x/mesh.glb``."""
+class LocalArtifactStore:
+    """Files under one data directory, addressed by relative POSIX paths such as ``results/job_x/mesh.glb``.
+
+    Implements :class:`serve_app.artifact_backend.ArtifactBackend`."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
@@ -47,10 +46,7 @@ class ArtifactStore:
 
     def path(self, relpath: str) -> Path:
         """The absolute path of ``relpath``; refuses anything that would leave the data directory."""
-        parts = PurePosixPath(relpath).parts
-        if not parts or relpath.startswith("/") or any(p in ("..", ".", "") for p in parts) or "\\" in relpath:
-            raise ValueError(f"artifact path must be relative and inside the data directory, got {relpath!r}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*check_relpath(relpath).parts)
 
     def put_bytes(self, relpath: str, data: bytes) -> Path:
         """Write ``data`` at ``relpath`` atomically (replacing any previous file) and return its path."""
@@ -119,16 +115,17 @@ class ArtifactStore:
 
     def mesh_file(self, canonical_relpath: str, fmt: MeshFormat) -> Path:
         """The file of a stored mesh in ``fmt``, converting from the canonical GLB once and caching it."""
-        if fmt not in MESH_FORMATS:
-            raise ValueError(f"format must be one of {list(MESH_FORMATS)}, got {fmt!r}")
-        if fmt == CANONICAL_FORMAT:
-            return self.path(canonical_relpath)
-        relpath = str(PurePosixPath(canonical_relpath).with_suffix("." + fmt))
-        if not self.exists(relpath):
-            mesh = load_mesh(self.read_bytes(canonical_relpath), CANONICAL_FORMAT)
-            # Two concurrent downloads may both convert; the atomic write makes the last one win harmlessly.
-            self.put_bytes(relpath, export_mesh(mesh, fmt))
-        return self.path(relpath)
+        return self.path(mesh_artifact(self, canonical_relpath, fmt))
+
+    async def download(self, relpath: str, *, media_type: str, filename: str) -> Response:
+        path = self.path(relpath)
+        if not path.is_file():  # checked now: a FileResponse would only find out while sending
+            raise FileNotFoundError(relpath)
+        return FileResponse(path, media_type=media_type, filename=filename)
+
+
+# The name from before there was more than one backend.
+ArtifactStore = LocalArtifactStore
 
 
 def _fsync_dir(directory: Path) -> None:

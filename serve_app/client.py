@@ -309,7 +309,12 @@ class AgentClient:
 
     def download(self, job_id: str, format: MeshFormat = "glb", path: str | os.PathLike[str] | None = None) -> bytes:
         """The mesh of a succeeded job in ``format`` (glb, obj, stl, ply); also written to ``path`` if given."""
-        data = self._request("GET", f"/jobs/{job_id}/result", params={"format": format}).content
+        response = self._request("GET", f"/jobs/{job_id}/result", params={"format": format})
+        if response.status_code == 307:  # artifacts in a bucket with `download: redirect`
+            # the presigned URL is its own credential: fetched unsigned (the agent's signature is for the API)
+            response = self._http.get(response.headers["location"], auth=None)
+            response.raise_for_status()
+        data = response.content
         if path is not None:
             Path(path).write_bytes(data)
         return data

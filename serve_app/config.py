@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.contract import DEFAULT_MAX_FACES, MAX_FACES_LIMIT, MeshOptions, RemoveBackground
 from deployments.hunyuan3d.params import recommended_params
+from serve_app.artifact_settings import ArtifactSettings, LocalArtifactSettings
 from serve_app.auth.settings import AuthSettings
 from serve_app.quotas import QuotaSettings
 from serve_app.retention import RetentionSettings
@@ -253,6 +254,12 @@ class AppConfig(BaseModel):
     )
     retention: RetentionSettings = Field(
         RetentionSettings(), description="How long inputs, results and the audit log are kept."
+    )
+    artifacts: ArtifactSettings = Field(
+        LocalArtifactSettings(),
+        description="Where inputs and meshes are stored: `{kind: local}` (files under `data_dir/artifacts`) or "
+        "`{kind: s3, bucket, prefix, endpoint_url, region, download: stream|redirect, ...}` (the S3 table below; "
+        "credentials from the standard AWS environment).",
     )
 
     @property

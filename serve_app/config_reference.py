@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from deployments.generator_config import BatchingConfig, GeneratorConfig
+from serve_app.artifact_settings import S3ArtifactSettings
 from serve_app.config import AppConfig
 
 START_MARKER = "<!-- config-reference:start -->"
@@ -33,6 +34,7 @@ WRITE_COMMAND = "python -m serve_app.config_reference --write"
 
 SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("### `args.app` (`serve_app.config.AppConfig`)", AppConfig),
+    ("### `args.app.artifacts` with `kind: s3` (`serve_app.artifact_settings.S3ArtifactSettings`)", S3ArtifactSettings),
     (
         "### `args.generator` (`deployments.generator_config.GeneratorConfig`; a change restarts the replica)",
         GeneratorConfig,

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from deployments.contract import TERMINAL_STATUSES
 
 if TYPE_CHECKING:  # the store imports these settings; the sweeper only needs the types
-    from serve_app.artifacts import ArtifactStore
+    from serve_app.artifact_backend import ArtifactBackend
     from serve_app.jobs.store import JobStore
 
 logger = logging.getLogger("orfeas.retention")
@@ -88,7 +88,7 @@ class SweepReport:
 class Sweeper:
     """Deletes what retention says is due; :meth:`sweep` is one pass, the worker calls it periodically."""
 
-    def __init__(self, store: JobStore, artifacts: ArtifactStore, settings: RetentionSettings) -> None:
+    def __init__(self, store: JobStore, artifacts: ArtifactBackend, settings: RetentionSettings) -> None:
         self._store = store
         self._artifacts = artifacts
         self.settings = settings

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from deployments.contract import (
@@ -22,6 +22,7 @@ from deployments.contract import (
     PRIORITIES,
     REMOVE_BACKGROUND_MODES,
 )
+from serve_app.artifact_backend import mesh_artifact
 from serve_app.auth.principal import Principal, require_scope
 from serve_app.errors import ApiError, not_found
 from serve_app.jobs import (
@@ -239,11 +240,12 @@ async def job_result(request: Request) -> Response:
     if store.result_expired(job) or job.result_path is None:
         raise _result_expired(job, store.result_expires_at(job))
     # converting GLB to another format the first time is CPU work: keep it off the event loop
+    artifacts = _service(request).artifacts
     try:
-        path = await asyncio.to_thread(_service(request).artifacts.mesh_file, job.result_path, fmt)
+        relpath = await asyncio.to_thread(mesh_artifact, artifacts, job.result_path, fmt)
+        return await artifacts.download(relpath, media_type=CONTENT_TYPES[fmt], filename=f"{job.id}.{fmt}")
     except FileNotFoundError:  # the sweeper got there between the check and the read
         raise _result_expired(job, store.result_expires_at(job)) from None
-    return FileResponse(path, media_type=CONTENT_TYPES[fmt], filename=f"{job.id}.{fmt}")
 
 
 def _result_expired(job: JobRecord, expires_at: datetime | None) -> ApiError:

@@ -15,7 +15,7 @@ from pathlib import Path
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from serve_app.artifacts import ArtifactStore
+from serve_app.artifact_backend import ArtifactBackend
 from serve_app.auth.crypto import load_master_key
 from serve_app.auth.secret import Secret
 from serve_app.config import AppConfig
@@ -90,7 +90,7 @@ class AgentService:
         return self.storage.store
 
     @property
-    def artifacts(self) -> ArtifactStore:
+    def artifacts(self) -> ArtifactBackend:
         return self.storage.artifacts
 
     async def ready(self) -> bool:

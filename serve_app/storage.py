@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import serve_app.auth.keys
 import serve_app.auth.nonces
 import serve_app.auth.ratelimit  # noqa: F401
-from serve_app.artifacts import ArtifactStore
+from serve_app.artifact_backend import ArtifactBackend
+from serve_app.artifacts import LocalArtifactStore
 from serve_app.config import AppConfig
 from serve_app.db import create_schema, make_engine
 from serve_app.jobs import JobStore
@@ -26,7 +27,7 @@ logger = logging.getLogger("orfeas.storage")
 @dataclass
 class Storage:
     engine: AsyncEngine
-    artifacts: ArtifactStore
+    artifacts: ArtifactBackend
     store: JobStore
 
     @classmethod
@@ -34,7 +35,7 @@ class Storage:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(config.resolved_database_url)
         await create_schema(engine)
-        artifacts = ArtifactStore(config.artifacts_dir)
+        artifacts = open_artifacts(config)
         return cls(engine, artifacts, JobStore(engine, artifacts, config.jobs, retention=config.retention))
 
     async def ready(self) -> bool:
@@ -50,3 +51,13 @@ class Storage:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def open_artifacts(config: AppConfig) -> ArtifactBackend:
+    """The artifact store ``app.artifacts`` names: files under ``data_dir`` or objects in a bucket."""
+    settings = config.artifacts
+    if settings.kind == "s3":
+        from serve_app.artifacts_s3 import S3ArtifactStore  # obstore: loaded only where a bucket is used
+
+        return S3ArtifactStore(settings)
+    return LocalArtifactStore(config.artifacts_dir)

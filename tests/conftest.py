@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from serve_app.artifact_settings import S3ArtifactSettings
 from serve_app.db import create_schema, make_engine
 
 PG_ADMIN_DSN = os.environ.get("ORFEAS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -117,3 +118,48 @@ def ray_session() -> Iterator[str]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+# --- a local S3 server (appended by the S3 artifacts work) ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free port, shared by the session; each test gets its own bucket."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_settings(moto_s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3ArtifactSettings:
+    """A fresh bucket in the moto server and the ``app.artifacts`` settings that point at it."""
+    import boto3
+
+    # the backend reads credentials from the environment, as in production
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    bucket = f"orfeas-{uuid.uuid4().hex[:12]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    client.create_bucket(Bucket=bucket)
+    return S3ArtifactSettings(
+        kind="s3",
+        bucket=bucket,
+        prefix="orfeas/test",
+        endpoint_url=moto_s3_endpoint,
+        region="us-east-1",
+        allow_http=True,
+    )

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from deployments.contract import CANONICAL_FORMAT, ErrorCode, GenerationError, GenerationRequest, Outcome
-from serve_app.artifacts import ArtifactStore
+from serve_app.artifact_backend import ArtifactBackend
 from serve_app.config import JobSettings
 from serve_app.jobs.events import JobEvent, JobEvents
 from serve_app.jobs.records import JobRecord
@@ -63,7 +63,7 @@ class Dispatcher:
     def __init__(
         self,
         store: JobStore,
-        artifacts: ArtifactStore,
+        artifacts: ArtifactBackend,
         generate: GenerateFn,
         settings: JobSettings | None = None,
         *,
@@ -260,7 +260,7 @@ class Dispatcher:
             self._publish(job, "succeeded", "done", 100)
         else:
             # Cancelled or taken over while we stored it: ours is not the result, leave no file behind.
-            self._artifacts.delete(relpath)
+            await asyncio.to_thread(self._artifacts.delete, relpath)  # a network call on S3
 
     async def _produce(self, job: JobRecord, timings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The model call and the mesh file: (its relative path, its mesh statistics).

@@ -28,7 +28,7 @@ from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from deployments.contract import JOB_STATUSES, MAX_SEED, ErrorCode
-from serve_app.artifacts import ArtifactStore
+from serve_app.artifact_backend import ArtifactBackend
 from serve_app.config import JobSettings
 from serve_app.jobs import idempotency
 from serve_app.jobs.claiming import claim_statement
@@ -60,7 +60,7 @@ class JobStore:
     def __init__(
         self,
         engine: AsyncEngine,
-        artifacts: ArtifactStore,
+        artifacts: ArtifactBackend,
         settings: JobSettings | None = None,
         *,
         clock: Clock = utcnow,

@@ -11,11 +11,12 @@ from pydantic import BaseModel
 
 from deployments.generator_config import BatchingConfig, GeneratorConfig
 from serve_app import config_reference
+from serve_app.artifact_settings import S3ArtifactSettings
 from serve_app.config import AppConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "operations.md"
-MODELS = [AppConfig, GeneratorConfig, BatchingConfig]
+MODELS = [AppConfig, S3ArtifactSettings, GeneratorConfig, BatchingConfig]
 
 
 def _leaves(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str | None]]:
