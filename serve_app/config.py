@@ -17,6 +17,7 @@ from deployments.hunyuan3d.params import recommended_params
 from serve_app.auth.settings import AuthSettings
 from serve_app.quotas import QuotaSettings
 from serve_app.retention import RetentionSettings
+from serve_app.webhooks.settings import WebhookSettings
 
 
 class ApiLimits(BaseModel):
@@ -253,6 +254,9 @@ class AppConfig(BaseModel):
     )
     retention: RetentionSettings = Field(
         RetentionSettings(), description="How long inputs, results and the audit log are kept."
+    )
+    webhooks: WebhookSettings = Field(
+        WebhookSettings(), description="Signed webhooks: allowed hosts (SSRF guard), retries, disabling."
     )
 
     @property
