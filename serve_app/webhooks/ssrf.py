@@ -45,8 +45,8 @@ _NEVER: tuple[IPNetwork, ...] = tuple(
         "ff00::/8",  # multicast
     )
 )
-# One to four parts, each decimal, octal (leading 0) or hex (0x): what inet_aton, and so most resolvers, accept.
-_LEGACY_IPV4 = re.compile(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}", re.IGNORECASE)
+# Dotted parts, each decimal, octal (leading 0) or hex (0x): inet_aton (and so most resolvers) takes one to four.
+_LEGACY_IPV4 = re.compile(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*", re.IGNORECASE)
 
 
 class UrlRefused(ValueError):
