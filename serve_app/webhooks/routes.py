@@ -107,7 +107,7 @@ def _parse(raw: bytes, service: AgentService) -> WebhookCreate:
             raise ApiError(
                 422, "invalid_events", f"events must be a non-empty list of {', '.join(EVENT_TYPES)}"
             ) from None
-        if where == "url":
+        if where == "url" and first["type"] != "missing":
             raise ApiError(
                 422, "webhook_url_not_allowed", f"url must be a string of at most {MAX_URL_CHARS} characters"
             ) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,8 +24,10 @@ def settings(**overrides: Any) -> WebhookSettings:
     return WebhookSettings(**{**FAST, **overrides})
 
 
-def worker(engine: AsyncEngine, master_key: Secret, **overrides: Any) -> DeliveryWorker:
-    return DeliveryWorker(engine, settings(**overrides), lambda: master_key, dev=True, clock=utcnow)
+def worker(
+    engine: AsyncEngine, master_key: Secret, *, clock: Callable[[], datetime] = utcnow, **overrides: Any
+) -> DeliveryWorker:
+    return DeliveryWorker(engine, settings(**overrides), lambda: master_key, dev=True, clock=clock)
 
 
 async def succeeded_job(store: JobStore, agent: str = AGENT) -> str:

@@ -52,8 +52,9 @@ class Receiver:
 
 
 @contextmanager
-def receiver(answer: Answer = always(204), *, hold: threading.Event | None = None) -> Iterator[Receiver]:
-    state = Receiver(answer, hold=hold)
+def receiver(answer: Answer | None = None, *, hold: threading.Event | None = None) -> Iterator[Receiver]:
+    """Answers 204 unless ``answer`` says otherwise; with ``hold``, the first request waits for it."""
+    state = Receiver(answer or always(204), hold=hold)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:

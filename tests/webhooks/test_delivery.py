@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
 from serve_app.auth.secret import Secret
-from serve_app.jobs import JobStore
+from serve_app.jobs import JobStore, utcnow
 from serve_app.webhooks.endpoints import EndpointStore
 from serve_app.webhooks.outbox import EVENT_TYPES, Outbox
 from serve_app.webhooks.signing import secret_text
@@ -138,15 +139,15 @@ async def test_delivery_worker_restart_redelivers_pending_with_the_same_id(
         _, secret = await endpoints.create(AGENT, target.url, EVENT_TYPES, limit=10)
         await succeeded_job(store)
         await succeeded_job(store)
-        # a lease of 1 s: the attempt the first worker left behind is due again soon after it stopped
-        first = worker(engine, master_key, timeout_s=0.5, lease_s=1.0, batch_size=1)
+        first = worker(engine, master_key, batch_size=1)
         first.start()
         (in_flight,) = await target.wait_for(1)  # the receiver holds this attempt unanswered
         await first.stop()  # the worker goes away mid-attempt; the second delivery was never claimed
         rows = await Outbox(engine, settings(), clock=store.now).deliveries()
         assert [row["status"] for row in rows] == ["pending", "pending"]
         hold.set()
-        second = worker(engine, master_key, timeout_s=0.5, lease_s=1.0)
+        # the restarted worker runs past the first one's lease (6 s), which it finds expired
+        second = worker(engine, master_key, clock=lambda: utcnow() + timedelta(seconds=7))
         second.start()
         try:
 
