@@ -6,13 +6,11 @@ worker that lost its lease (expired and requeued, or the job was cancelled) cann
 Times come from an injected clock (naive UTC) so that tests can move it.
 
 Every terminal transition (complete, fail, cancel, expire, give up) writes the webhook deliveries of the jobs
-it ended in its own transaction (``serve_app.webhooks.outbox``), so none is lost to a crash after the commit.
-
-Every terminal transition deletes the job's input image right after
-its update commits: the input is only needed while the job may still run. One that ends without a result also
-deletes ``results/<job_id>/``, where a run that crashed before completing may have left its mesh. A delete
-that fails (the disk is read-only, the process dies) leaves the file to the retention sweeper; it never undoes
-the transition.
+it ended in its own transaction (``serve_app.webhooks.outbox``), so none is lost to a crash after the commit,
+and deletes the job's input image right after its update commits: the input is only needed while the job may
+still run. One that ends without a result also deletes ``results/<job_id>/``, where a run that crashed before
+completing may have left its mesh. A delete that fails (the disk is read-only, the process dies) leaves the
+file to the retention sweeper; it never undoes the transition.
 """
 
 from __future__ import annotations
@@ -48,7 +46,9 @@ from serve_app.jobs.records import (
 )
 from serve_app.quota_store import lock_agent
 from serve_app.retention import RESULTS_DIR, RetentionSettings
-from serve_app.webhooks.outbox import enqueue_job_events
+
+# a module, not its function: the outbox imports the jobs package (its tables) and so, in turn, this module
+from serve_app.webhooks import outbox as webhook_outbox
 
 Clock = Callable[[], datetime]
 MAX_PAGE_SIZE = 200
@@ -535,7 +535,7 @@ class JobStore:
 
     async def _enqueue_events(self, conn: AsyncConnection, rows: Sequence[Any]) -> None:
         """Webhook deliveries of the jobs ``rows`` (with ``id``) just ended, in the transition's transaction."""
-        await enqueue_job_events(
+        await webhook_outbox.enqueue_job_events(
             conn, [row.id for row in rows], now=self._clock(), result_expires_at=self.result_expires_at
         )
 

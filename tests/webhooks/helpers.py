@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from deployments.contract import ErrorCode
 from serve_app.auth.secret import Secret
 from serve_app.jobs import JobStore, utcnow
 from serve_app.webhooks.delivery import DeliveryWorker
@@ -40,14 +41,8 @@ async def succeeded_job(store: JobStore, agent: str = AGENT) -> str:
 async def failed_job(store: JobStore, agent: str = AGENT) -> str:
     job = (await store.submit(agent, new_job())).jobs[0]
     await store.claim("w1", 1, 60)
-    assert await store.fail(job.id, "w1", code=_empty_surface(), message="no surface")
+    assert await store.fail(job.id, "w1", code=ErrorCode.EMPTY_SURFACE, message="no surface")
     return job.id
-
-
-def _empty_surface() -> Any:
-    from deployments.contract import ErrorCode
-
-    return ErrorCode.EMPTY_SURFACE
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
