@@ -18,6 +18,7 @@ from serve_app.artifact_settings import ArtifactSettings, LocalArtifactSettings
 from serve_app.auth.settings import AuthSettings
 from serve_app.quotas import QuotaSettings
 from serve_app.retention import RetentionSettings
+from serve_app.webhooks.settings import WebhookSettings
 
 
 class ApiLimits(BaseModel):
@@ -260,6 +261,9 @@ class AppConfig(BaseModel):
         description="Where inputs and meshes are stored: `{kind: local}` (files under `data_dir/artifacts`) or "
         "`{kind: s3, bucket, prefix, endpoint_url, region, download: stream|redirect, ...}` (the S3 table below; "
         "credentials from the standard AWS environment).",
+    )
+    webhooks: WebhookSettings = Field(
+        WebhookSettings(), description="Signed webhooks: allowed hosts (SSRF guard), retries, disabling."
     )
 
     @property

@@ -40,6 +40,7 @@ from serve_app.quotas import SLOT_POLICIES, ratelimit_headers
 from serve_app.requests import API_PARAMS, parse_batch, parse_job, read_body
 from serve_app.service import AgentService
 from serve_app.views import batch_view, iso, job_url, job_view
+from serve_app.webhooks.routes import WEBHOOK_ROUTES
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -363,4 +364,5 @@ ROUTES = [
     Route("/api/agent/jobs/{job_id}/events", job_events, methods=["GET"]),
     Route("/api/agent/batches", create_batch, methods=["POST"]),
     Route("/api/agent/batches/{batch_id}", get_batch, methods=["GET"]),
+    *WEBHOOK_ROUTES,
 ]

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import serve_app.auth.keys
 import serve_app.auth.nonces
-import serve_app.auth.ratelimit  # noqa: F401
+import serve_app.auth.ratelimit
+import serve_app.webhooks.models  # noqa: F401
 from serve_app.artifact_backend import ArtifactBackend
 from serve_app.artifacts import LocalArtifactStore
 from serve_app.config import AppConfig

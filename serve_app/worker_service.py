@@ -1,5 +1,5 @@
-"""The job worker's runtime: storage, the dispatcher and the retention sweeper, started and stopped together
-(no Ray here).
+"""The job worker's runtime: storage, the dispatcher, the retention sweeper and the webhook deliveries, started
+and stopped together (no Ray here).
 
 The ``JobWorker`` deployment wraps it with the ShapeGenerator handle as the model call; in-process tests
 run it with a plain async function.
@@ -13,9 +13,10 @@ import logging
 from dataclasses import dataclass, field
 
 from serve_app.config import AppConfig
-from serve_app.jobs import Dispatcher, GenerateFn
+from serve_app.jobs import Dispatcher, GenerateFn, utcnow
 from serve_app.retention import Sweeper
 from serve_app.storage import Storage
+from serve_app.webhooks.delivery import DeliveryWorker, master_key_loader
 
 logger = logging.getLogger("orfeas.worker")
 
@@ -27,6 +28,7 @@ class WorkerService:
     dispatcher: Dispatcher
     sweeper: Sweeper
     running: bool = False
+    webhooks: DeliveryWorker | None = None
     _sweep_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
@@ -51,6 +53,11 @@ class WorkerService:
         if config.jobs.dispatch if dispatch is None else dispatch:
             await dispatcher.start()
             service.running = True
+        if config.webhooks.deliver:
+            service.webhooks = DeliveryWorker(
+                storage.engine, config.webhooks, master_key_loader(config), dev=config.mode == "dev", clock=utcnow
+            )
+            service.webhooks.start()
         if sweep:
             service._sweep_task = asyncio.create_task(service._sweep_loop(), name="retention-sweeper")
         logger.info("job worker %s up (dispatching: %s)", dispatcher.worker_id, service.running)
@@ -66,7 +73,12 @@ class WorkerService:
         A database blip is not one of those: the loops ride it out (leases protect the jobs), and
         restarting the replica would only requeue its jobs in flight.
         """
-        for name, task in (("dispatcher", self.dispatcher.loop_task), ("sweeper", self._sweep_task)):
+        webhooks = self.webhooks.loop_task if self.webhooks is not None else None
+        for name, task in (
+            ("dispatcher", self.dispatcher.loop_task),
+            ("sweeper", self._sweep_task),
+            ("webhooks", webhooks),
+        ):
             if task is not None and task.done() and not self.dispatcher.stopping:
                 raise RuntimeError(f"the job worker's {name} loop stopped")
 
@@ -89,4 +101,6 @@ class WorkerService:
         if self.running:
             await self.dispatcher.stop()
             self.running = False
+        if self.webhooks is not None:
+            await self.webhooks.stop()  # an attempt in flight is made again after its lease (at-least-once)
         await self.storage.close()

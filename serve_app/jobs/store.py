@@ -5,11 +5,12 @@ the outcome of a race is decided by the database on both backends: a job is clai
 worker that lost its lease (expired and requeued, or the job was cancelled) cannot complete or fail it.
 Times come from an injected clock (naive UTC) so that tests can move it.
 
-Every terminal transition (complete, fail, cancel, expire, give up) deletes the job's input image right after
-its update commits: the input is only needed while the job may still run. One that ends without a result also
-deletes ``results/<job_id>/``, where a run that crashed before completing may have left its mesh. A delete
-that fails (the disk is read-only, the process dies) leaves the file to the retention sweeper; it never undoes
-the transition.
+Every terminal transition (complete, fail, cancel, expire, give up) writes the webhook deliveries of the jobs
+it ended in its own transaction (``serve_app.webhooks.outbox``), so none is lost to a crash after the commit,
+and deletes the job's input image right after its update commits: the input is only needed while the job may
+still run. One that ends without a result also deletes ``results/<job_id>/``, where a run that crashed before
+completing may have left its mesh. A delete that fails (the disk is read-only, the process dies) leaves the
+file to the retention sweeper; it never undoes the transition.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ from serve_app.jobs.records import (
 )
 from serve_app.quota_store import lock_agent
 from serve_app.retention import RESULTS_DIR, RetentionSettings
+
+# a module, not its function: the outbox imports the jobs package (its tables) and so, in turn, this module
+from serve_app.webhooks import outbox as webhook_outbox
 
 Clock = Callable[[], datetime]
 MAX_PAGE_SIZE = 200
@@ -387,6 +391,7 @@ class JobStore:
                     .returning(JOBS.c.id, JOBS.c.input_path)
                 )
             ).all()
+            await self._enqueue_events(conn, failed)
         await self._drop_artifacts(failed)
         return "failed" if failed else None
 
@@ -434,6 +439,7 @@ class JobStore:
         )
         async with self._engine.begin() as conn:
             rows = (await conn.execute(stmt)).all()
+            await self._enqueue_events(conn, rows)
         await self._drop_artifacts(rows)
         return [row.id for row in rows]
 
@@ -466,6 +472,7 @@ class JobStore:
         )
         async with self._engine.begin() as conn:
             given_up = (await conn.execute(give_up)).all()
+            await self._enqueue_events(conn, given_up)
             requeued = list((await conn.execute(requeue)).scalars().all())
         await self._drop_artifacts(given_up)
         return requeued, [row.id for row in given_up]
@@ -522,8 +529,15 @@ class JobStore:
         """Run a terminal transition, then delete what the jobs it finished no longer need; returns their number."""
         async with self._engine.begin() as conn:
             rows = (await conn.execute(stmt.returning(JOBS.c.id, JOBS.c.input_path))).all()
+            await self._enqueue_events(conn, rows)
         await self._drop_artifacts(rows, succeeded=succeeded)
         return len(rows)
+
+    async def _enqueue_events(self, conn: AsyncConnection, rows: Sequence[Any]) -> None:
+        """Webhook deliveries of the jobs ``rows`` (with ``id``) just ended, in the transition's transaction."""
+        await webhook_outbox.enqueue_job_events(
+            conn, [row.id for row in rows], now=self._clock(), result_expires_at=self.result_expires_at
+        )
 
     async def _drop_artifacts(self, rows: Sequence[Any], *, succeeded: bool = False) -> None:
         """The inputs of ended jobs (``rows`` with ``id`` and ``input_path``); for jobs that ended without a
