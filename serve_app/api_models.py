@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, Json, create_model
 
 from deployments.contract import (
     MAX_SEED,
@@ -67,6 +67,14 @@ class JobView(BaseModel):
     events_url: str
     result_expires_at: str | None = Field(description="When the result is deleted (then 410 `result_expired`).")
     result_urls: dict[MeshFormat, str] | None = Field(description="Download links per format, once succeeded.")
+
+
+class JobEvent(BaseModel):
+    """One server-sent event of `GET /api/agent/jobs/{job_id}/events` (described in validation mode: `data` is
+    the JSON text of a JobView)."""
+
+    event: Literal["job"]
+    data: Json[JobView]
 
 
 class JobList(BaseModel):
@@ -169,6 +177,8 @@ def _drop_default(schema: dict[str, Any]) -> None:
 def _optional(**kwargs: Any) -> Any:
     """A field that may be left out but, when sent, must not be null (the schema shows no `default: null`)."""
     return Field(None, json_schema_extra=_drop_default, **kwargs)
+
+
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 _SEED_DESCRIPTION = (
     f"0-{MAX_SEED}; omitted or null: the service draws one below 2^53. Seeds above 2^53-1 do not survive a "
@@ -240,7 +250,7 @@ def request_models(limits: ApiLimits) -> RequestModels:
         "BatchSubmission",
         __config__=_FORBID,
         __doc__="Jobs sharing params and priority, as JSON (batches take no multipart).",
-        items=(list[item], Field(min_length=1, max_length=limits.max_batch_items)),  # type: ignore[valid-type]
+        items=(list[item], Field(min_length=1, max_length=limits.max_batch_items)),
         params=(params | None, Field(None)),
         priority=(Priority | None, Field(None, description="`critical` needs the `jobs:critical` scope.")),
     )
@@ -255,9 +265,7 @@ def request_models(limits: ApiLimits) -> RequestModels:
         wait=(float, Field(0.0, ge=0, le=limits.max_wait_s, description="Seconds to long-poll for the job to end.")),
     )
     result_query = create_model("ResultQuery", format=(MeshFormat, Field("glb", description="The mesh format.")))
-    idempotency = create_model(
-        "IdempotencyKey", value=(str, _optional(min_length=1, max_length=MAX_IDEMPOTENCY_KEY))
-    )
+    idempotency = create_model("IdempotencyKey", value=(str, _optional(min_length=1, max_length=MAX_IDEMPOTENCY_KEY)))
     return RequestModels(
         params=params,
         job=job,

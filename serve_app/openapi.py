@@ -23,19 +23,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from deployments.contract import CONTENT_TYPES
-from serve_app.auth.profile import BASE_COMPONENTS, CONDITIONAL_FIELDS, MAX_LIFETIME_S, REQUIRED_PARAMS, TAG
 from serve_app.api_models import (
     BatchAccepted,
     BatchView,
     Capabilities,
     ErrorBody,
     Health,
+    JobEvent,
     JobList,
     JobView,
     Ready,
     RequestModels,
     request_models,
 )
+from serve_app.auth.profile import BASE_COMPONENTS, CONDITIONAL_FIELDS, MAX_LIFETIME_S, REQUIRED_PARAMS, TAG
 from serve_app.config import AppConfig
 
 API_PREFIX = "/api/agent"
@@ -64,6 +65,8 @@ class Reply:
     media: Sequence[str] = ("application/json",)
     headers: Sequence[Header] = ()
     codes: str = ""  # an error reply's codes, listed in its description
+    # how the model is rendered; a server-sent event is shown as the text its fields carry ("validation")
+    mode: JsonSchemaMode = "serialization"
 
     def merged(self, other: Reply) -> Reply:
         """This error reply and ``other``'s (same status, another source) as one."""
@@ -91,8 +94,8 @@ class Operation:
 
 _RETRY_AFTER = Header("Retry-After", "Seconds to wait before retrying.", type="integer")
 _RATELIMIT = (
-    Header("RateLimit-Policy", "The quota (draft-ietf-httpapi-ratelimit-headers), e.g. `\"queued-jobs\";q=100`."),
-    Header("RateLimit", "What is left of it, e.g. `\"queued-jobs\";r=99`."),
+    Header("RateLimit-Policy", 'The quota (draft-ietf-httpapi-ratelimit-headers), e.g. `"queued-jobs";q=100`.'),
+    Header("RateLimit", 'What is left of it, e.g. `"queued-jobs";r=99`.'),
 )
 
 
@@ -127,7 +130,8 @@ _SUBMISSION_ERRORS: dict[int, Reply] = {
     415: _error("`unsupported_content_type`"),
     422: _error(
         "`missing_image`, `invalid_image`, `invalid_image_field`, `invalid_params`, `invalid_seed`, "
-        "`invalid_priority`, `invalid_items`, `invalid_field`, `unknown_field`, `idempotency_key_reused` (and the image codes of the agent guide)"
+        "`invalid_priority`, `invalid_items`, `invalid_field`, `unknown_field`, "
+        "`idempotency_key_reused` (and the image codes of the agent guide)"
     ),
     429: _error("`agent_queue_full` (this agent's queued-jobs quota)", _RETRY_AFTER, *_RATELIMIT),
     503: _error("`queue_full` (the service's queue)", _RETRY_AFTER),
@@ -216,7 +220,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                 "The mesh file in the asked format.",
                 None,
                 media=tuple(CONTENT_TYPES.values()),
-                headers=(Header("Content-Disposition", "`attachment; filename=\"<job_id>.<format>\"`"),),
+                headers=(Header("Content-Disposition", '`attachment; filename="<job_id>.<format>"`'),),
             ),
             **_NOT_FOUND,
             409: _error("`result_not_ready` (retryable while queued or running)"),
@@ -232,9 +236,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {
             200: Reply(
                 "`event: job` with the job view as `data` per change of status, stage or progress, until the job "
-                "finishes; `: keep-alive` comments while nothing changes.",
-                None,
+                "finishes; `: keep-alive` comments while nothing changes. The schema is that of one event.",
+                JobEvent,
                 media=("text/event-stream",),
+                mode="validation",
             ),
             **_NOT_FOUND,
             429: _error("`too_many_streams`", _RETRY_AFTER, *_RATELIMIT),
@@ -291,7 +296,7 @@ class _Schemas:
         self._models[(model, mode)] = None
         return model, mode
 
-    def render(self) -> tuple[dict[tuple[type[BaseModel], JsonSchemaMode], Any], dict[str, Any]]:
+    def render(self) -> tuple[Mapping[Any, dict[str, Any]], dict[str, Any]]:
         refs, top = models_json_schema(list(self._models), ref_template=_REF)
         return refs, top.get("$defs", {})
 
@@ -357,7 +362,7 @@ def build_document(routes: Iterable[BaseRoute], config: AppConfig) -> dict[str, 
         for status, reply in sorted(replies.items()):
             rendered: dict[str, Any] = {"description": reply.text}
             if reply.model is not None:
-                schema = use({}, _model(reply.model, models), "serialization")
+                schema = use({}, _model(reply.model, models), reply.mode)
                 rendered["content"] = {media: {"schema": schema} for media in reply.media}
             elif reply.media != ("application/json",):
                 rendered["content"] = {media: {"schema": {"type": "string"}} for media in reply.media}
@@ -404,7 +409,7 @@ def _security_scheme() -> dict[str, Any]:
             f"`Signature-Input` (covered components {_listed(BASE_COMPONENTS)} and `content-digest`, plus "
             f"{_listed(CONDITIONAL_FIELDS)} whenever the request carries them, in any order; parameters "
             f"{_listed(REQUIRED_PARAMS)} (`expires` at most {MAX_LIFETIME_S} s after `created`, `keyid` the key id, "
-            f"`nonce` fresh per request), optionally `tag=\"{TAG}\"`; any label) and `Signature`. "
+            f'`nonce` fresh per request), optionally `tag="{TAG}"`; any label) and `Signature`. '
             "OpenAPI has no type for this scheme; it is listed as an API key in the `Signature` header. "
             f"Details and examples: {_GUIDE}."
         ),
