@@ -92,6 +92,8 @@ class Operation:
     public: bool = False  # no signature (security: [])
 
 
+# on every response (behind Ray Serve set by its proxy: the client's own X-Request-ID if it sent one)
+_REQUEST_ID = Header("X-Request-ID", "The request's id; quote it when reporting a problem.", required=True)
 _RETRY_AFTER = Header("Retry-After", "Seconds to wait before retrying.", type="integer")
 _RATELIMIT = (
     Header("RateLimit-Policy", 'The quota (draft-ietf-httpapi-ratelimit-headers), e.g. `"queued-jobs";q=100`.'),
@@ -118,7 +120,6 @@ AUTH_REPLIES: dict[int, Reply] = {
     507: _error("`insufficient_storage`", _RETRY_AFTER),
 }
 
-_JOB_ID = "job_id"
 _ACCEPTED_HEADERS = (
     Header("Idempotent-Replayed", "`true` when an earlier response to the same Idempotency-Key is replayed."),
     *_RATELIMIT,
@@ -286,21 +287,6 @@ def _model(ref: ModelRef, models: RequestModels) -> type[BaseModel]:
     return getattr(models, ref) if isinstance(ref, str) else ref
 
 
-class _Schemas:
-    """Collects models, then renders them into `components.schemas` in one pass (shared `$defs`)."""
-
-    def __init__(self) -> None:
-        self._models: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
-
-    def ref(self, model: type[BaseModel], mode: JsonSchemaMode) -> tuple[type[BaseModel], JsonSchemaMode]:
-        self._models[(model, mode)] = None
-        return model, mode
-
-    def render(self) -> tuple[Mapping[Any, dict[str, Any]], dict[str, Any]]:
-        refs, top = models_json_schema(list(self._models), ref_template=_REF)
-        return refs, top.get("$defs", {})
-
-
 def _parameters(location: str, model: type[BaseModel]) -> list[dict[str, Any]]:
     schema = model.model_json_schema(ref_template=_REF)
     required = set(schema.get("required", ()))
@@ -334,12 +320,14 @@ def _with_auth_replies(replies: Mapping[int, Reply]) -> dict[int, Reply]:
 def build_document(routes: Iterable[BaseRoute], config: AppConfig) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``routes`` under ``config``'s limits."""
     models = request_models(config.limits)
-    schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
+    # schema objects to fill with a model's $ref once every model is known: pydantic renders them together,
+    # so that shared models (JobParams, JobView) become one component each
     pending: list[tuple[dict[str, Any], tuple[type[BaseModel], JsonSchemaMode]]] = []
 
-    def use(target: dict[str, Any], model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
-        pending.append((target, schemas.ref(model, mode)))
+    def use(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
+        target: dict[str, Any] = {}
+        pending.append((target, (model, mode)))
         return target
 
     for method, path, op in _operations(routes):
@@ -355,22 +343,20 @@ def build_document(routes: Iterable[BaseRoute], config: AppConfig) -> dict[str, 
         if parameters:
             entry["parameters"] = parameters
         if op.body:
-            content = {media: {"schema": use({}, _model(ref, models), "validation")} for media, ref in op.body.items()}
+            content = {media: {"schema": use(_model(ref, models), "validation")} for media, ref in op.body.items()}
             entry["requestBody"] = {"required": True, "content": content}
         replies = dict(op.replies) if op.public else _with_auth_replies(op.replies)
         responses: dict[str, Any] = {}
         for status, reply in sorted(replies.items()):
             rendered: dict[str, Any] = {"description": reply.text}
             if reply.model is not None:
-                schema = use({}, _model(reply.model, models), reply.mode)
+                schema = use(_model(reply.model, models), reply.mode)
                 rendered["content"] = {media: {"schema": schema} for media in reply.media}
             elif reply.media != ("application/json",):
                 rendered["content"] = {media: {"schema": {"type": "string"}} for media in reply.media}
             else:
                 rendered["content"] = {"application/json": {"schema": {"type": "object"}}}
-            headers = {
-                "X-Request-ID": _header_schema(Header("X-Request-ID", "The request's id (a UUID).", required=True))
-            }
+            headers: dict[str, Any] = {_REQUEST_ID.name: {"$ref": f"#/components/headers/{_REQUEST_ID.name}"}}
             headers.update((h.name, _header_schema(h)) for h in reply.headers)
             rendered["headers"] = headers
             responses[str(status)] = rendered
@@ -379,7 +365,7 @@ def build_document(routes: Iterable[BaseRoute], config: AppConfig) -> dict[str, 
             entry["security"] = []
         paths.setdefault(path, {})[method.lower()] = entry
 
-    refs, components = schemas.render()
+    refs, top = models_json_schema(list(dict.fromkeys(key for _, key in pending)), ref_template=_REF)
     for target, key in pending:
         target.update(refs[key])
     return {
@@ -393,7 +379,11 @@ def build_document(routes: Iterable[BaseRoute], config: AppConfig) -> dict[str, 
             ),
         },
         "paths": paths,
-        "components": {"schemas": components, "securitySchemes": {SECURITY_SCHEME: _security_scheme()}},
+        "components": {
+            "schemas": top.get("$defs", {}),
+            "headers": {_REQUEST_ID.name: _header_schema(_REQUEST_ID)},
+            "securitySchemes": {SECURITY_SCHEME: _security_scheme()},
+        },
         "security": [{SECURITY_SCHEME: []}],
     }
 

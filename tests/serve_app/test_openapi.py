@@ -85,9 +85,10 @@ def test_openapi_agent_operations_document_auth_errors_with_the_error_body(tmp_p
             if path.startswith("/api/agent/"):
                 assert {"400", "401", "403", "413", "429", "503"} <= set(responses), path
             for status, response in responses.items():
-                assert response["headers"]["X-Request-ID"]["required"] is True
+                assert response["headers"]["X-Request-ID"] == {"$ref": "#/components/headers/X-Request-ID"}
                 if int(status) >= 400:
                     assert response["content"] == {"application/json": {"schema": error_ref}}, (path, status)
+    assert document["components"]["headers"]["X-Request-ID"]["required"] is True
     job = document["paths"]["/api/agent/jobs/{job_id}/result"]["get"]["responses"]
     assert {"404", "409", "410", "422"} <= set(job)
     assert "`body_too_large`" in job["413"]["description"]
