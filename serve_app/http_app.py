@@ -13,6 +13,7 @@ from serve_app.auth.request_id import RequestIdMiddleware
 from serve_app.auth.serve_proxy import require_peer_addresses
 from serve_app.errors import exception_handlers
 from serve_app.metrics import IngressMetrics
+from serve_app.openapi import OPENAPI_ROUTE
 from serve_app.routes import ROUTES
 from serve_app.service import AgentService
 
@@ -34,7 +35,7 @@ def build_http_app(
     if behind_serve_proxy:
         require_peer_addresses(os.environ if environ is None else environ)
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, OPENAPI_ROUTE],  # /openapi.json: outside /api/agent, so public like /healthz
         middleware=[auth_middleware(service.engine, service.config.auth, service.master_key)],
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
     )
