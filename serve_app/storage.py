@@ -1,4 +1,4 @@
-"""The durable side both replicas open: the database (every table created), artifacts and the job store.
+"""The durable side both replicas open: the database (schema at the newest revision), artifacts and the job store.
 
 The ingress and the job workers each open their own from the one :class:`AppConfig`; they share nothing
 in memory, only the database and the artifact directory.
@@ -12,13 +12,11 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import serve_app.auth.keys
-import serve_app.auth.nonces
-import serve_app.auth.ratelimit  # noqa: F401
 from serve_app.artifacts import ArtifactStore
 from serve_app.config import AppConfig
-from serve_app.db import create_schema, make_engine
+from serve_app.db import make_engine
 from serve_app.jobs import JobStore
+from serve_app.schema import prepare_schema
 
 logger = logging.getLogger("orfeas.storage")
 
@@ -33,7 +31,12 @@ class Storage:
     async def open(cls, config: AppConfig) -> Storage:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(config.resolved_database_url)
-        await create_schema(engine)
+        try:
+            # dev upgrades to the newest revision; production refuses an old schema (SchemaError names the fix)
+            await prepare_schema(engine, config.mode)
+        except BaseException:
+            await engine.dispose()
+            raise
         artifacts = ArtifactStore(config.artifacts_dir)
         return cls(engine, artifacts, JobStore(engine, artifacts, config.jobs, retention=config.retention))
 
