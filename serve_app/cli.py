@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from deployments.generate_command import add_generate_parser
     from serve_app.agent_cli import add_agent_parser
     from serve_app.auth.cli import add_keys_parser
+    from serve_app.db_command import add_db_parser
 
     parser = argparse.ArgumentParser(prog="orfeas", description="ORFEAS serve: images to 3D meshes for agents")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: $ORFEAS_MASTER_KEY, else <data-dir>/master.key (the dev-mode key)",
                 )
     add_agent_parser(subparsers)
+    add_db_parser(subparsers)
     return parser
 
 
@@ -93,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _one_line_errors("remove-background", lambda: run_remove_background(cut_out_options(args)))
     if args.command == "keys":
         return run_keys(args)
+    if args.command == "db":
+        from serve_app.db_command import run_db
+
+        return run_db(args)
     if args.command == "agent":
         from serve_app.agent_cli import run_agent
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import importlib.util
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from typing import Literal
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from sqlalchemy import Connection, MetaData, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -78,6 +80,11 @@ def alembic_config(connection: Connection | None = None) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # new revisions are named like 0001_initial.py: `orfeas db` never needs the file name, people do
     config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+    if importlib.util.find_spec("ruff") is not None:  # dev installs: new revisions come out formatted
+        config.set_section_option("post_write_hooks", "hooks", "ruff_format")
+        config.set_section_option("post_write_hooks", "ruff_format.type", "module")
+        config.set_section_option("post_write_hooks", "ruff_format.module", "ruff")
+        config.set_section_option("post_write_hooks", "ruff_format.options", "format REVISION_SCRIPT_FILENAME")
     config.attributes["connection"] = connection
     return config
 
@@ -189,6 +196,32 @@ def _upgrade(conn: Connection) -> SchemaState:
         command.stamp(config, INITIAL_REVISION)
     command.upgrade(config, "head")
     return SchemaState(state.head, state.head, "versioned")
+
+
+async def new_revision(message: str) -> Path:
+    """Write the next revision (``NNNN_<message>.py``) from the difference between head and the models.
+
+    For developers adding a table or column: the scratch SQLite database at head is compared with
+    :func:`load_metadata` (Alembic autogenerate). Read and edit what it writes: autogenerate cannot see
+    renames, and a type of the app's own renders as its import path.
+    """
+    from serve_app.db import make_engine
+
+    next_id = f"{int(head_revision()) + 1:04d}"
+    with tempfile.TemporaryDirectory() as scratch:
+        engine = make_engine(f"sqlite+aiosqlite:///{Path(scratch) / 'head.db'}")
+        try:
+            await upgrade_schema(engine)
+            async with engine.connect() as conn:
+                script = await conn.run_sync(
+                    lambda sync: command.revision(
+                        alembic_config(sync), message=message, autogenerate=True, rev_id=next_id
+                    )
+                )
+        finally:
+            await engine.dispose()
+    assert isinstance(script, Script)  # one revision, never a list: there is one head
+    return Path(script.path)
 
 
 @asynccontextmanager

@@ -15,9 +15,9 @@ from deployments.mesh_io import load_mesh
 from serve_app.artifacts import ArtifactStore
 from serve_app.config import JobSettings
 from serve_app.db import make_engine
-from serve_app.schema import upgrade_schema
 from serve_app.jobs import Dispatcher, JobEvent, JobStore
 from serve_app.jobs.dispatcher import INTERNAL_ERROR_MESSAGE
+from serve_app.schema import upgrade_schema
 from tests.jobs.helpers import AGENT_A, AGENT_B, IMAGE, FakeModel, new_job, wait_for_status, wait_until
 
 FAST = JobSettings(
