@@ -65,20 +65,8 @@ def run_keys(args: argparse.Namespace) -> int:
     if getattr(args, "keys_command", None) == "create" and not args.scopes:
         args.scopes = list(DEFAULT_SCOPES)
 
-    async def run() -> int:
-        import serve_app.auth.keys  # noqa: F401  (registers the table)
-        from serve_app.db import make_engine
-        from serve_app.schema import upgrade_schema
-
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(config.resolved_database_url)
-        try:
-            await upgrade_schema(engine)
-            return await run_keys_command(args, database_url=config.resolved_database_url, master_key=master_key)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run_keys_command(args, database_url=config.resolved_database_url, master_key=master_key))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

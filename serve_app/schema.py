@@ -157,6 +157,15 @@ async def prepare_schema(engine: AsyncEngine, mode: Literal["dev", "production"]
     return await (upgrade_schema(engine) if mode == "dev" else require_head(engine))
 
 
+async def create_or_require_head(engine: AsyncEngine) -> SchemaState:
+    """For operator commands other than ``orfeas db`` (``orfeas keys``): an empty database gets the schema (the
+    first command run on a new one), any other must be at head. Migrating stays an explicit ``orfeas db upgrade``,
+    never a side effect of creating a key against a production database."""
+    if (await schema_state(engine)).kind == "empty":
+        return await upgrade_schema(engine)
+    return await require_head(engine)
+
+
 def upgrade_command(url: URL) -> str:
     """The command that upgrades the database at ``url``, without its password."""
     shown = url.render_as_string(hide_password=True)

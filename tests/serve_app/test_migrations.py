@@ -274,3 +274,36 @@ async def test_new_revision_writes_the_next_revision_from_the_models() -> None:
     assert path.name == f"{expected}_add_migration_probe.py"
     assert f'revision = "{expected}"' in source and f'down_revision = "{head_revision()}"' in source
     assert 'op.create_table(\n        "migration_probe"' in source
+
+
+# --- orfeas keys: creates the schema on an empty database, never migrates one -----------------------------------
+
+
+async def _keys_list(url: str) -> tuple[int, str]:
+    import argparse
+    import io
+    import os
+
+    from serve_app.auth.cli import add_keys_parser, run_keys_command
+    from serve_app.auth.secret import Secret
+
+    parser = argparse.ArgumentParser(prog="orfeas")
+    add_keys_parser(parser.add_subparsers(dest="command", required=True))
+    out, err = io.StringIO(), io.StringIO()
+    args = parser.parse_args(["keys", "list"])
+    status = await run_keys_command(args, database_url=url, master_key=Secret(os.urandom(32)), out=out, err=err)
+    return status, err.getvalue()
+
+
+async def test_keys_command_creates_the_schema_on_an_empty_database(db_url: str, engine: AsyncEngine) -> None:
+    assert await _keys_list(db_url) == (0, "")
+    assert (await schema_state(engine)).revision == head_revision()
+
+
+async def test_keys_command_refuses_to_migrate_a_create_all_database(db_url: str, engine: AsyncEngine) -> None:
+    await _create_all_of_revision_0001(engine)
+
+    status, err = await _keys_list(db_url)
+
+    assert status == 2 and "run orfeas db upgrade --database-url" in err
+    assert (await schema_state(engine)).kind == "create_all"
