@@ -80,11 +80,6 @@ def alembic_config(connection: Connection | None = None) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # new revisions are named like 0001_initial.py: `orfeas db` never needs the file name, people do
     config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
-    if importlib.util.find_spec("ruff") is not None:  # dev installs: new revisions come out formatted
-        config.set_section_option("post_write_hooks", "hooks", "ruff_format")
-        config.set_section_option("post_write_hooks", "ruff_format.type", "module")
-        config.set_section_option("post_write_hooks", "ruff_format.module", "ruff")
-        config.set_section_option("post_write_hooks", "ruff_format.options", "format REVISION_SCRIPT_FILENAME")
     config.attributes["connection"] = connection
     return config
 
@@ -224,13 +219,23 @@ async def new_revision(message: str) -> Path:
             async with engine.connect() as conn:
                 script = await conn.run_sync(
                     lambda sync: command.revision(
-                        alembic_config(sync), message=message, autogenerate=True, rev_id=next_id
+                        _formatting(alembic_config(sync)), message=message, autogenerate=True, rev_id=next_id
                     )
                 )
         finally:
             await engine.dispose()
     assert isinstance(script, Script)  # one revision, never a list: there is one head
     return Path(script.path)
+
+
+def _formatting(config: Config) -> Config:
+    """Where ruff is installed (dev installs), new revisions come out formatted as the gates want them."""
+    if importlib.util.find_spec("ruff") is not None:
+        config.set_section_option("post_write_hooks", "hooks", "ruff_format")
+        config.set_section_option("post_write_hooks", "ruff_format.type", "module")
+        config.set_section_option("post_write_hooks", "ruff_format.module", "ruff")
+        config.set_section_option("post_write_hooks", "ruff_format.options", "format REVISION_SCRIPT_FILENAME")
+    return config
 
 
 @asynccontextmanager
