@@ -23,6 +23,7 @@ SERVER_MODULES = frozenset(
     {
         "PIL",
         "aiosqlite",
+        "alembic",
         "asyncpg",
         "concurrent_log_handler",
         "cv2",
@@ -30,6 +31,7 @@ SERVER_MODULES = frozenset(
         "fast_simplification",
         "multipart",
         "numpy",
+        "obstore",
         "onnxruntime",
         "pydantic",
         "python_multipart",
@@ -37,6 +39,7 @@ SERVER_MODULES = frozenset(
         "safetensors",
         "skimage",
         "sqlalchemy",
+        "standardwebhooks",
         "starlette",
         "torch",
         "transformers",
@@ -74,6 +77,9 @@ COMMANDS: dict[str, Subcommand] = {
     ),
     "keys": Subcommand("serve_app.cli:add_keys", "serve_app.cli:run_keys", "manage agent keys", server=True),
     "agent": Subcommand("serve_app.agent_cli:add_agent_parser", "serve_app.agent_cli:run_agent", "call the agent API"),
+    "db": Subcommand(
+        "serve_app.db_command:add_db_parser", "serve_app.db_command:run_db", "database migrations", server=True
+    ),
     "mcp": Subcommand(
         "serve_app.mcp_server:add_mcp_parser", "serve_app.mcp_server:run_mcp", "serve the agent API as MCP tools"
     ),
@@ -171,7 +177,6 @@ def run_keys(args: argparse.Namespace) -> int:
     from serve_app.auth.crypto import MasterKeyError, load_master_key
     from serve_app.auth.settings import AuthSettings
     from serve_app.config import AppConfig
-    from serve_app.db import create_schema, make_engine
 
     config = AppConfig(mode="production", data_dir=args.data_dir, database_url=args.database_url)
     key_file = args.master_key_file
@@ -185,16 +190,8 @@ def run_keys(args: argparse.Namespace) -> int:
     if getattr(args, "keys_command", None) == "create" and not args.scopes:
         args.scopes = list(DEFAULT_SCOPES)
 
-    async def run() -> int:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(config.resolved_database_url)
-        try:
-            await create_schema(engine)
-            return await run_keys_command(args, database_url=config.resolved_database_url, master_key=master_key)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run_keys_command(args, database_url=config.resolved_database_url, master_key=master_key))
 
 
 def _one_line_errors(command: str, run: Callable[[], object]) -> int:

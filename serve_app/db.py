@@ -1,19 +1,15 @@
 """Database engine and the declarative base shared by every table of the app.
 
 SQLite (a file under the data directory) is the embedded default; clusters give a Postgres URL. Shared
-state (jobs, nonces, idempotency keys, failure counters) lives here, never in one replica's memory.
+state (jobs, nonces, idempotency keys, failure counters) lives here, never in one replica's memory. The
+schema itself (Alembic revisions, the start-up check) is :mod:`serve_app.schema`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
-import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -47,37 +43,3 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 
         return engine
     return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
-
-
-# Any constant shared by every process of the app: the key of the advisory lock below.
-_SCHEMA_LOCK_KEY = 0x0F3EA5
-
-
-async def create_schema(engine: AsyncEngine) -> None:
-    """Create every table registered on :class:`Base` (idempotent, safe to run from several processes).
-
-    The ingress and the job workers start together and each creates the schema. ``create_all`` checks for a
-    table, then creates it, in two statements, so two processes can both pass the check (measured on a fresh
-    SQLite file: "table ... already exists", or a lock wait that ends in "database is locked"). Creation is
-    therefore serialised: on Postgres by a transaction-scoped advisory lock, on SQLite (one host by nature)
-    by an exclusive ``flock`` on a file next to the database.
-    """
-    async with _sqlite_file_lock(engine), engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-        await conn.run_sync(Base.metadata.create_all)
-
-
-@asynccontextmanager
-async def _sqlite_file_lock(engine: AsyncEngine) -> AsyncIterator[None]:
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    if not database or database == ":memory:":
-        yield
-        return
-    fd = os.open(f"{database}.schema-lock", os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        # flock blocks: wait in a worker thread so the event loop (health checks) keeps running
-        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock

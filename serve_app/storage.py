@@ -1,4 +1,4 @@
-"""The durable side both replicas open: the database (every table created), artifacts and the job store.
+"""The durable side both replicas open: the database (schema at the newest revision), artifacts and the job store.
 
 The ingress and the job workers each open their own from the one :class:`AppConfig`; they share nothing
 in memory, only the database and the artifact directory.
@@ -19,8 +19,9 @@ import serve_app.webhooks.models  # noqa: F401
 from serve_app.artifact_backend import ArtifactBackend
 from serve_app.artifacts import LocalArtifactStore
 from serve_app.config import AppConfig
-from serve_app.db import create_schema, make_engine
+from serve_app.db import make_engine
 from serve_app.jobs import JobStore
+from serve_app.schema import prepare_schema
 
 logger = logging.getLogger("orfeas.storage")
 
@@ -35,7 +36,12 @@ class Storage:
     async def open(cls, config: AppConfig) -> Storage:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(config.resolved_database_url)
-        await create_schema(engine)
+        try:
+            # dev upgrades to the newest revision; production refuses an old schema (SchemaError names the fix)
+            await prepare_schema(engine, config.mode)
+        except BaseException:
+            await engine.dispose()
+            raise
         artifacts = open_artifacts(config)
         return cls(engine, artifacts, JobStore(engine, artifacts, config.jobs, retention=config.retention))
 

@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from serve_app.artifact_settings import S3ArtifactSettings
-from serve_app.db import create_schema, make_engine
+from serve_app.db import make_engine
+from serve_app.schema import upgrade_schema
 
 PG_ADMIN_DSN = os.environ.get("ORFEAS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -45,9 +46,9 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def engine_with_schema(url: str) -> AsyncIterator[AsyncEngine]:
-    """An engine on ``url`` with every table registered so far created (the test modules import theirs)."""
+    """An engine on ``url`` with the schema at the newest revision (every table of the app)."""
     engine = make_engine(url)
-    await create_schema(engine)
+    await upgrade_schema(engine)
     try:
         yield engine
     finally:

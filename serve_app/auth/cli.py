@@ -79,13 +79,14 @@ async def run_keys_command(
 ) -> int:
     """Run one ``keys`` subcommand against ``database_url``; returns the process exit status."""
     from serve_app.auth.keys import KeyStore, KeyStoreError
-    from serve_app.db import create_schema, make_engine
+    from serve_app.db import make_engine
+    from serve_app.schema import SchemaError, create_or_require_head
 
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     engine = make_engine(database_url)
     try:
-        await create_schema(engine)
+        await create_or_require_head(engine)
         store = KeyStore(engine, master_key, env=getattr(args, "env", "live"))
         now = dt.datetime.fromtimestamp(time.time(), dt.timezone.utc)
         result: Any
@@ -105,7 +106,7 @@ async def run_keys_command(
             result = _created(material, now)
         else:
             raise ValueError(f"unknown keys command {args.keys_command!r}")
-    except KeyStoreError as exc:
+    except (KeyStoreError, SchemaError) as exc:
         print(json.dumps({"error": str(exc)}), file=err)
         return 2
     finally:

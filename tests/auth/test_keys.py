@@ -57,10 +57,11 @@ async def test_key_store_secret_is_encrypted_at_rest(any_engine: AsyncEngine, st
 
 
 async def test_key_store_secret_file_bytes_never_hold_raw_secret(sqlite_url: str, master_key: Secret) -> None:
-    from serve_app.db import create_schema, make_engine
+    from serve_app.db import make_engine
+    from serve_app.schema import upgrade_schema
 
     engine = make_engine(sqlite_url)
-    await create_schema(engine)
+    await upgrade_schema(engine)
     created = await KeyStore(engine, master_key).create("render-bot")
     await engine.dispose()  # checkpoint the WAL into the file
     path = sqlite_url.removeprefix("sqlite+aiosqlite:///")

@@ -14,9 +14,10 @@ from deployments.contract import MESH_FORMATS, ErrorCode, GenerationError
 from deployments.mesh_io import load_mesh
 from serve_app.artifacts import ArtifactStore
 from serve_app.config import JobSettings
-from serve_app.db import create_schema, make_engine
+from serve_app.db import make_engine
 from serve_app.jobs import Dispatcher, JobEvent, JobStore
 from serve_app.jobs.dispatcher import INTERNAL_ERROR_MESSAGE
+from serve_app.schema import upgrade_schema
 from tests.jobs.helpers import AGENT_A, AGENT_B, IMAGE, FakeModel, new_job, wait_for_status, wait_until
 
 FAST = JobSettings(
@@ -320,7 +321,7 @@ async def test_dispatcher_keeps_running_through_database_errors(
         await _start(dispatchers, store, artifacts, FakeModel())
         await wait_until(lambda: "round failed" in caplog.text)
 
-        await create_schema(engine)  # the database is back
+        await upgrade_schema(engine)  # the database is back
         (job,) = (await store.submit(AGENT_A, new_job())).jobs
 
         await wait_for_status(store, AGENT_A, job.id, ["succeeded"])
