@@ -348,6 +348,17 @@ class AgentClient:
     def capabilities(self) -> dict[str, Any]:
         return self._request("GET", "/capabilities").json()
 
+    def create_webhook(self, url: str, events: Sequence[str]) -> dict[str, Any]:
+        """Register an endpoint for job events; the answer's ``secret`` (``whsec_...``) is shown only this once."""
+        return self._request("POST", "/webhooks", json={"url": url, "events": list(events)}).json()
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """This agent's webhook endpoints with their state (``active`` or ``disabled`` with the reason)."""
+        return self._request("GET", "/webhooks").json()["webhooks"]
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._request("DELETE", f"/webhooks/{webhook_id}")
+
     def events(self, job_id: str) -> Iterator[dict[str, Any]]:
         """The job's server-sent events as JSON objects, until it finishes (the server closes the stream)."""
         # a queued job may stay silent for long: no read timeout on the stream

@@ -38,6 +38,7 @@ from serve_app.api_models import (
 )
 from serve_app.auth.profile import BASE_COMPONENTS, CONDITIONAL_FIELDS, MAX_LIFETIME_S, REQUIRED_PARAMS, TAG
 from serve_app.config import AppConfig
+from serve_app.webhooks.routes import WebhookCreate, WebhookCreated, WebhookList
 
 API_PREFIX = "/api/agent"
 SECURITY_SCHEME = "agentSignature"
@@ -259,6 +260,36 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "getBatch",
         "batches",
         {200: Reply("The batch and its jobs.", BatchView), 404: _error("`batch_not_found`")},
+    ),
+    ("POST", f"{API_PREFIX}/webhooks"): Operation(
+        "Register a webhook endpoint",
+        "createWebhook",
+        "webhooks",
+        {
+            201: Reply("Registered; `secret` (the `whsec_` signing key) is shown this once.", WebhookCreated),
+            400: _error("`invalid_json`, `json_too_deep`, `json_too_complex`"),
+            409: _error("`webhook_limit_reached`"),
+            415: _error("`unsupported_content_type`"),
+            422: _error("`invalid_events`, `webhook_url_not_allowed`, `invalid_webhook`"),
+        },
+        description="Deliveries are signed by the Standard Webhooks profile (`webhook-id`, `webhook-timestamp`, "
+        "`webhook-signature`); see docs/agent-guide.md.",
+        body={"application/json": WebhookCreate},
+    ),
+    ("GET", f"{API_PREFIX}/webhooks"): Operation(
+        "List this agent's webhook endpoints",
+        "listWebhooks",
+        "webhooks",
+        {200: Reply("Every endpoint with its state (active or disabled, with the reason) and counters.", WebhookList)},
+    ),
+    ("DELETE", f"{API_PREFIX}/webhooks/{{webhook_id}}"): Operation(
+        "Remove a webhook endpoint",
+        "deleteWebhook",
+        "webhooks",
+        {
+            204: Reply("Removed; its pending deliveries are dropped.", None, media=()),
+            404: _error("`webhook_not_found`"),
+        },
     ),
 }
 

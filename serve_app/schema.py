@@ -69,7 +69,8 @@ def load_metadata() -> MetaData:
     import serve_app.auth.nonces
     import serve_app.auth.ratelimit
     import serve_app.jobs.models
-    import serve_app.quota_store  # noqa: F401
+    import serve_app.quota_store
+    import serve_app.webhooks.models  # noqa: F401
 
     return Base.metadata
 

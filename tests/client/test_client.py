@@ -320,3 +320,15 @@ def test_client_rate_limited_is_429_with_retry_after_and_not_slept_beyond_the_ca
     error = caught.value
     assert (error.status, error.code, error.retryable) == (429, "rate_limited", True)
     assert error.retry_after is not None and 25 <= error.retry_after <= 30 and delays == []
+
+
+def test_webhook_endpoints_are_created_listed_and_deleted(client: AgentClient):
+    created = client.create_webhook("http://127.0.0.1:9/hook", ["job.succeeded", "job.failed"])
+    assert created["secret"].startswith("whsec_") and created["events"] == ["job.succeeded", "job.failed"]
+    [listed] = client.webhooks()
+    assert listed["id"] == created["id"] and "secret" not in listed
+    client.delete_webhook(created["id"])
+    assert client.webhooks() == []
+    with pytest.raises(ApiRequestError) as refused:
+        client.delete_webhook(created["id"])
+    assert refused.value.status == 404 and refused.value.code == "webhook_not_found"
