@@ -13,6 +13,7 @@ error response becomes an :class:`ApiRequestError` carrying the server's code an
 from __future__ import annotations
 
 import base64
+import builtins
 import email.utils
 import io
 import json
@@ -352,7 +353,7 @@ class AgentClient:
         """Register an endpoint for job events; the answer's ``secret`` (``whsec_...``) is shown only this once."""
         return self._request("POST", "/webhooks", json={"url": url, "events": list(events)}).json()
 
-    def webhooks(self) -> list[dict[str, Any]]:
+    def webhooks(self) -> builtins.list[dict[str, Any]]:  # `list` here is the method above
         """This agent's webhook endpoints with their state (``active`` or ``disabled`` with the reason)."""
         return self._request("GET", "/webhooks").json()["webhooks"]
 
