@@ -16,7 +16,8 @@ _SANE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    # the dashed form, as Ray Serve's proxy makes them: one shape of id whichever side made it
+    return str(uuid.uuid4())
 
 
 def request_id_of(scope: MutableMapping[str, Any]) -> str:

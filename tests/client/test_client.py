@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -140,7 +141,7 @@ def test_client_errors_carry_status_code_and_request_id(client: AgentClient):
         client.get("job_does_not_exist")
     error = caught.value
     assert (error.status, error.code, error.retryable, error.retry_after) == (404, "job_not_found", False, None)
-    assert error.request_id and len(error.request_id) == 32
+    assert error.request_id and str(uuid.UUID(error.request_id)) == error.request_id
     assert str(error) == "404 job_not_found: no job 'job_does_not_exist' for this agent"
     cases = [
         (lambda: client.submit(png_bytes(), params={"octree_resolution": 8}), 422, "invalid_params"),
