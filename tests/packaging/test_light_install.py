@@ -87,10 +87,18 @@ def test_light_install_has_no_server_dependencies(light_venv, tmp_path):
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == "{" + ", ".join(f'"{name}": false' for name in ABSENT) + "}"
     # the SDK and the CLI parser import with the base dependencies alone
-    sdk = _run(light_venv, "python", "-c", "import serve_app.client, serve_app.agent_cli", cwd=tmp_path)
+    sdk = _run(
+        light_venv,
+        "python",
+        "-c",
+        "import serve_app.client, serve_app.agent_cli, serve_app.mcp_server, serve_app.mcp_tools",
+        cwd=tmp_path,
+    )
     assert sdk.returncode == 0, sdk.stderr
     helped = _run(light_venv, "orfeas", "--help", cwd=tmp_path)
     assert helped.returncode == 0 and "agent" in helped.stdout, helped.stderr
+    mcp = _run(light_venv, "orfeas", "mcp", "--help", cwd=tmp_path)
+    assert mcp.returncode == 0 and "streamable-http" in mcp.stdout, mcp.stderr
 
 
 @pytest.mark.parametrize(
@@ -99,6 +107,7 @@ def test_light_install_has_no_server_dependencies(light_venv, tmp_path):
         ("generate", "in.png", "--model", "model", "--out", "out"),
         ("remove-background", "in.png", "--out", "out"),
         ("keys", "list"),
+        ("db", "current"),
     ],
 )
 def test_light_install_server_command_prints_one_line_hint(light_venv, tmp_path, argv):
