@@ -245,7 +245,8 @@ def test_orfeas_db_uses_the_data_directory_by_default(tmp_path: Path, capsys: py
     assert main(["db", "upgrade", "--data-dir", str(data_dir)]) == 0
 
     assert (data_dir / "orfeas.db").is_file()
-    assert capsys.readouterr().out.endswith(f"sqlite+aiosqlite:///{data_dir / 'orfeas.db'}: at revision 0001 (head)\n")
+    expected = f"sqlite+aiosqlite:///{data_dir / 'orfeas.db'}: at revision {head_revision()} (head)\n"
+    assert capsys.readouterr().out.endswith(expected)
 
 
 def test_orfeas_db_reports_an_unreachable_database_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
