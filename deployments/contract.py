@@ -43,6 +43,12 @@ CONTENT_TYPES: dict[MeshFormat, str] = {
 # column hold them with room to spare.
 MAX_SEED = 2**53 - 1
 
+# The named views of a multiview (Hunyuan3D-2mv) job. ``front`` is the job's ``image``; the others are optional.
+ViewName = Literal["front", "left", "back", "right"]
+VIEW_NAMES: tuple[ViewName, ...] = get_args(ViewName)
+FRONT_VIEW: ViewName = "front"
+"""A single-image model sees only this view; a job without ``views`` is a front-only job."""
+
 RemoveBackground = Literal["auto", "always", "never"]
 REMOVE_BACKGROUND_MODES: tuple[RemoveBackground, ...] = get_args(RemoveBackground)
 """``auto``: remove the background only when the image has no meaningful alpha channel."""
@@ -159,6 +165,8 @@ class GenerationRequest:
     in the caller's process, so a bad parameter never reaches the GPU queue).
     ``job_id``: echoed in the result or error so both sides can log against it.
     ``remove_background`` and ``mesh`` act on this request alone, before and after the batched pass.
+    ``views``: a multiview job's OTHER views (``left``, ``back``, ``right``: encoded bytes each); ``image`` is
+    always the front view. Empty for single-image jobs. The set of view names is part of the batch key.
     """
 
     image: bytes
@@ -168,6 +176,7 @@ class GenerationRequest:
     job_id: str | None = None
     remove_background: RemoveBackground = "auto"
     mesh: MeshOptions = field(default_factory=MeshOptions)
+    views: Mapping[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.image, (bytearray, memoryview)):
@@ -189,6 +198,16 @@ class GenerationRequest:
             )
         if not isinstance(self.mesh, MeshOptions):
             raise TypeError(f"mesh must be MeshOptions, got {type(self.mesh).__name__}")
+        check_view_names(self.views, extra_only=True)
+        object.__setattr__(self, "views", {name: bytes(data) for name, data in self.views.items()})
+        for name, data in self.views.items():
+            if not data:
+                raise ValueError(f"view {name!r} is empty: send the encoded PNG, JPEG or WebP bytes")
+
+    @property
+    def view_names(self) -> tuple[ViewName, ...]:
+        """Every view this request carries, front first, in :data:`VIEW_NAMES` order."""
+        return tuple(name for name in VIEW_NAMES if name == FRONT_VIEW or name in self.views)
 
     @classmethod
     def from_job_params(
@@ -198,11 +217,20 @@ class GenerationRequest:
         params: Mapping[str, Any],
         priority: Priority = "normal",
         job_id: str | None = None,
+        views: Mapping[str, bytes] | None = None,
     ) -> GenerationRequest:
         """A request from a job's flat ``params`` (as the API stores them): the :class:`GenerationParams` fields
         plus ``max_faces``, ``remove_floaters`` and ``remove_background``; missing ones take their defaults."""
         generation, mesh, remove_background = split_job_params(params)
-        return cls(image, seed, generation, priority, job_id, remove_background, mesh)
+        return cls(image, seed, generation, priority, job_id, remove_background, mesh, dict(views or {}))
+
+
+def check_view_names(names: Mapping[str, Any] | Any, extra_only: bool = False) -> None:
+    """Raise ``ValueError`` naming an unknown view; ``extra_only``: ``front`` may not appear (it is the image)."""
+    allowed = [name for name in VIEW_NAMES if not (extra_only and name == FRONT_VIEW)]
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"unknown view {name!r}; views are {allowed}")
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,14 @@ class ShapeModelConfig:
             )
 
     @property
+    def view_names(self) -> tuple[str, ...]:
+        """The named views a job may send this model (``deployments.contract.VIEW_NAMES`` order, front first).
+
+        Single-image models take the front view only.
+        """
+        return ("front",)
+
+    @property
     def uses_cfg(self) -> bool:
         """Guidance-distilled ("fast") models take guidance through an embedding instead of CFG."""
         return not self.dit.guidance_embed

@@ -116,3 +116,26 @@ def test_split_job_params_separates_pass_cleanup_and_background():
 def test_split_job_params_bad_values_name_the_field(params, message):
     with pytest.raises(ValueError, match=message):
         split_job_params(params)
+
+
+def test_request_views_are_the_other_views_and_view_names_put_front_first():
+    request = GenerationRequest(b"front", views={"right": bytearray(b"r"), "left": b"l"})
+    assert request.views == {"right": b"r", "left": b"l"}
+    assert request.view_names == ("front", "left", "right")
+    assert GenerationRequest(b"front").view_names == ("front",)
+
+
+@pytest.mark.parametrize("views", [{"front": b"x"}, {"top": b"x"}])
+def test_request_views_refuse_front_and_unknown_names(views):
+    with pytest.raises(ValueError, match="unknown view"):
+        GenerationRequest(b"front", views=views)
+
+
+def test_request_empty_view_is_rejected_naming_it():
+    with pytest.raises(ValueError, match="view 'back' is empty"):
+        GenerationRequest(b"front", views={"back": b""})
+
+
+def test_request_with_views_survives_pickling():
+    request = GenerationRequest(b"front", views={"back": b"b"})
+    assert pickle.loads(pickle.dumps(request)).views == {"back": b"b"}
