@@ -153,7 +153,9 @@ def references(pipe) -> tuple[dict, dict]:
         enable_pbar=False,
     )
     arrays["grid_logits"] = grid[0].float().numpy()
-    raw = pipe.vae.surface_extractor(grid, mc_level=DECODE["mc_level"], bounds=DECODE["box_v"], octree_resolution=DECODE["octree_resolution"])
+    raw = pipe.vae.surface_extractor(
+        grid, mc_level=DECODE["mc_level"], bounds=DECODE["box_v"], octree_resolution=DECODE["octree_resolution"]
+    )
     mesh = export_to_trimesh(raw)[0]
     arrays["mesh_vertices"] = np.asarray(mesh.vertices, dtype=np.float32)
     arrays["mesh_faces"] = np.asarray(mesh.faces, dtype=np.int32)
@@ -192,7 +194,7 @@ def main() -> int:
             os.path.relpath(p, TINY_ROOT): sha256(p)
             for p in (dit_file, vae_file, os.path.join(TINY_ROOT, DIT_FOLDER, "config.yaml"), vae_cfg)
         },
-        "image_sha256": sha256(os.path.join(IMAGES_DIR, CASE["image"])),
+        "image_sha256": sha256(os.path.join(IMAGES_DIR, str(CASE["image"]))),
         **doc,
     }
     os.makedirs(PARITY_DIR, exist_ok=True)
