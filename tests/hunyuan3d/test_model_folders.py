@@ -92,6 +92,15 @@ def test_from_pretrained_meta_init_materialises_in_the_target_dtype():
     _assert_same_weights(meta, eager)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_from_pretrained_meta_init_on_cuda_equals_eager():
+    meta = ShapePipeline.from_pretrained(TURBO_FOLDER, device="cuda")
+    eager = ShapePipeline.from_pretrained(TURBO_FOLDER, device="cuda", init="eager")
+    assert {t.device.type for t in _state(meta).values()} == {"cuda"}
+    _assert_same_weights(meta, eager)
+    np.testing.assert_array_equal(_mesh(meta).faces, _mesh(eager).faces)
+
+
 def test_from_config_random_weights_still_builds_real_tensors():
     pipeline = ShapePipeline.from_config(CFG_FOLDER / "config.yaml", seed=3)
     assert all(t.device.type == "cpu" for t in _state(pipeline).values())
