@@ -131,6 +131,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--large", type=Path, help="also write and measure a larger random checkpoint under this folder")
     p.add_argument("--dino-layers", type=int, default=2, help="DINOv2-giant layers of the large checkpoint (of 40)")
+    p.add_argument("--only-large", action="store_true", help="skip the tiny folder")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--write-large", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--init", choices=INITS, default="meta", help=argparse.SUPPRESS)
@@ -144,7 +145,7 @@ def main() -> int:
         print(write_large_folder(args.write_large, args.dino_layers))
         return 0
 
-    folders = [TINY]
+    folders = [] if args.only_large else [TINY]
     if args.large:
         # written in its own process: a child inherits its parent's peak RSS through fork, so the parent
         # must never hold the large tensors itself

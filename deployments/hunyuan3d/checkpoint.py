@@ -14,9 +14,11 @@ loader can cast and place each before reading the next, never holding the whole 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Collection, Iterable, Iterator, Mapping
+import struct
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -56,13 +58,8 @@ def iter_checkpoint(
     folder replaces it); unknown prefixes still reach :func:`map_key` and fail there.
     """
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for key in f.keys():
-                flat = f"vae.{key}" if layout == "vae" else key
-                if _wanted(flat, components):
-                    yield flat, f.get_tensor(key)
+        for key, tensor in _read_safetensors(path, lambda k: _wanted(f"vae.{k}" if layout == "vae" else k, components)):
+            yield (f"vae.{key}" if layout == "vae" else key), tensor
         return
     # mmap: the file's pages are read as each tensor is used, not all up front
     raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -87,6 +84,45 @@ def read_checkpoint(
 ) -> dict[str, Tensor]:
     """Flat ``component.name -> tensor`` dict from a .safetensors or .ckpt file (all of it in memory)."""
     return dict(iter_checkpoint(path, layout, components))
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _read_safetensors(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, Tensor]]:
+    """The tensors of a .safetensors file, each read into its own buffer with plain reads.
+
+    Not ``safe_open``: it maps the whole file, and every mapped page it touches stays in the process's RSS
+    until the file is closed, so a load would peak at the model plus the file. Format: an 8-byte
+    little-endian header length, a JSON header ``name -> {dtype, shape, data_offsets}``, then the data.
+    """
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        for key, info in header.items():
+            if key == "__metadata__" or not wanted(key):
+                continue
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise CheckpointError(f"{path}: {key} has an unsupported dtype {info['dtype']!r}")
+            begin, end = info["data_offsets"]
+            f.seek(8 + size + begin)
+            buffer = bytearray(end - begin)
+            if f.readinto(buffer) != len(buffer):
+                raise CheckpointError(f"{path}: truncated file (reading {key})")
+            tensor = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+            yield key, tensor.reshape(info["shape"])
 
 
 def _wanted(flat_key: str, components: Collection[str]) -> bool:

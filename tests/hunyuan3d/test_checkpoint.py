@@ -110,3 +110,26 @@ def test_ckpt_that_is_not_a_component_dict_names_the_expected_keys(tmp_path):
     torch.save({"state_dict": {"a": torch.zeros(1)}}, tmp_path / "model.ckpt")
     with pytest.raises(CheckpointError, match=r"expected a dict with keys \('model', 'vae', 'conditioner'\)"):
         read_checkpoint(tmp_path / "model.ckpt")
+
+
+def test_read_checkpoint_reads_safetensors_like_the_safetensors_library(tmp_path):
+    path = tmp_path / "model.safetensors"
+    tensors = {
+        "model.a": torch.randn(3, 4, dtype=torch.bfloat16),
+        "model.b": torch.arange(5, dtype=torch.int64),
+        "vae.c": torch.randn(2, dtype=torch.float32),
+        "conditioner.empty": torch.zeros(0, 3, dtype=torch.float16),
+    }
+    save_file(tensors, str(path))
+    ours = read_checkpoint(path)
+    assert sorted(ours) == sorted(tensors)
+    for key, value in load_file(str(path)).items():
+        assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+
+
+def test_read_checkpoint_reports_a_truncated_safetensors_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"model.a": torch.zeros(64)}, str(path))
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match=r"truncated file \(reading model\.a\)"):
+        read_checkpoint(path)
