@@ -8,7 +8,7 @@ mismatch is an error naming the key.
 
 A VAE-only folder (``hunyuan3d-vae-v2-0``, ``-v2-0-turbo``, ``-v2-mini``, ``-v2-mini-turbo``) holds the bare
 ShapeVAE state dict: the same names without the ``vae.`` prefix (``layout="vae"`` below puts it back, so one
-key map serves both). Tensors are read one at a time (safetensors lazily, a ``.ckpt`` memory-mapped) so that a
+key map serves both). Tensors are read one at a time (safetensors by plain reads, a ``.ckpt`` memory-mapped) so a
 loader can cast and place each before reading the next, never holding the whole file next to the model.
 """
 
