@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from .background import BackgroundConfig
 from .hunyuan3d.acceleration_options import AccelerationOptions
@@ -38,6 +38,11 @@ class GeneratorConfig(BaseModel):
         default=DEFAULT_MODEL,
         description="Released model folder (`config.yaml` + weights), relative to the repository. With "
         "`random_weights`: a variant name (e.g. `hunyuan3d-dit-v2-0`), a `config.yaml` or a folder.",
+    )
+    vae: str | None = Field(
+        default=None,
+        description="VAE folder overriding the model folder's VAE; relative to the repository. Null: a `*-turbo` "
+        "model folder uses its sibling turbo VAE folder when present, any other its own VAE.",
     )
     random_weights: bool = Field(
         default=False,
@@ -94,6 +99,12 @@ class GeneratorConfig(BaseModel):
 
         GenerationParams.from_dict(value)  # raises ValueError naming the bad field
         return value
+
+    @model_validator(mode="after")
+    def _check_vae(self) -> GeneratorConfig:
+        if self.vae is not None and self.random_weights:
+            raise ValueError("vae loads weights from a folder; it cannot be combined with random_weights")
+        return self
 
     def generation_params(self) -> GenerationParams:
         from .hunyuan3d.params import GenerationParams

@@ -76,7 +76,11 @@ def load_pipeline(config: GeneratorConfig) -> ShapePipeline:
             source, seed=config.weights_seed, device=device, dtype=dtype, acceleration=config.acceleration
         )
     return ShapePipeline.from_pretrained(
-        resolve_path(config.model), device=device, dtype=dtype, acceleration=config.acceleration
+        resolve_path(config.model),
+        device=device,
+        dtype=dtype,
+        acceleration=config.acceleration,
+        vae=resolve_path(config.vae) if config.vae else None,
     )
 
 

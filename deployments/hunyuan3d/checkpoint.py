@@ -5,15 +5,27 @@ first prefix naming the component (``model.`` DiT, ``vae.`` VAE decoder, ``condi
 ``.ckpt`` holds the same as a dict of three state dicts. Every upstream key goes through :func:`map_key`
 (upstream name -> (component, our name), ``None`` drops it); an unknown key, a missing key or a shape
 mismatch is an error naming the key.
+
+A VAE-only folder (``hunyuan3d-vae-v2-0``, ``-v2-0-turbo``, ``-v2-mini``, ``-v2-mini-turbo``) holds the bare
+ShapeVAE state dict: the same names without the ``vae.`` prefix (``layout="vae"`` below puts it back, so one
+key map serves both). Tensors are read one at a time (safetensors by plain reads, a ``.ckpt`` memory-mapped) so a
+loader can cast and place each before reading the next, never holding the whole file next to the model.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import struct
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
 
 # Preference order when several files are present: safetensors (no pickle) first, fp16 (the release) first.
 WEIGHT_FILES = ("model.fp16.safetensors", "model.safetensors", "model.fp16.ckpt", "model.ckpt")
@@ -31,16 +43,100 @@ def find_weight_file(folder: Path) -> Path:
     raise FileNotFoundError(f"{folder}: no weights found; expected one of {', '.join(WEIGHT_FILES)}")
 
 
-def read_checkpoint(path: Path) -> dict[str, Tensor]:
-    """Flat ``component.name -> tensor`` dict from a .safetensors or .ckpt file."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+WeightLayout = Literal["pipeline", "vae"]
 
-        return load_file(str(path), device="cpu")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(raw, dict) or not set(raw) <= set(COMPONENTS):
-        raise CheckpointError(f"{path}: expected a dict with keys {COMPONENTS}, got {sorted(raw)[:5]}")
-    return {f"{component}.{key}": value for component, sd in raw.items() for key, value in sd.items()}
+
+def iter_checkpoint(
+    path: Path, layout: WeightLayout = "pipeline", components: Collection[str] = COMPONENTS
+) -> Iterator[tuple[str, Tensor]]:
+    """``component.name -> tensor`` pairs of a .safetensors or .ckpt file, one tensor at a time.
+
+    ``layout="pipeline"``: a model folder's file (prefixed keys, or a .ckpt dict of component state dicts);
+    top-level .ckpt entries other than the three components (training state, say) are skipped with one INFO
+    line, as the official loader ignores them. ``layout="vae"``: a VAE folder's bare ShapeVAE state dict.
+    Keys of a known component not in ``components`` are skipped unread (a model file's VAE when another VAE
+    folder replaces it); unknown prefixes still reach :func:`map_key` and fail there.
+    """
+    if path.suffix == ".safetensors":
+        for key, tensor in _read_safetensors(path, lambda k: _wanted(f"vae.{k}" if layout == "vae" else k, components)):
+            yield (f"vae.{key}" if layout == "vae" else key), tensor
+        return
+    # mmap: the file's pages are read as each tensor is used, not all up front
+    raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a dict, got {type(raw).__name__}")
+    if layout == "vae":
+        yield from _tensor_items(raw, "vae", path)
+        return
+    present = [c for c in COMPONENTS if c in raw]
+    if not present:
+        raise CheckpointError(f"{path}: expected a dict with keys {COMPONENTS}, got {sorted(map(str, raw))[:5]}")
+    extra = sorted(str(k) for k in raw if k not in COMPONENTS)
+    if extra:
+        logger.info("%s: ignoring top-level checkpoint entries %s (only %s hold weights)", path, extra, COMPONENTS)
+    for component in present:
+        if component in components:
+            yield from _tensor_items(raw[component], component, path)
+
+
+def read_checkpoint(
+    path: Path, layout: WeightLayout = "pipeline", components: Collection[str] = COMPONENTS
+) -> dict[str, Tensor]:
+    """Flat ``component.name -> tensor`` dict from a .safetensors or .ckpt file (all of it in memory)."""
+    return dict(iter_checkpoint(path, layout, components))
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _read_safetensors(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, Tensor]]:
+    """The tensors of a .safetensors file, each read into its own buffer with plain reads.
+
+    Not ``safe_open``: it maps the whole file, and every mapped page it touches stays in the process's RSS
+    until the file is closed, so a load would peak at the model plus the file. Format: an 8-byte
+    little-endian header length, a JSON header ``name -> {dtype, shape, data_offsets}``, then the data.
+    """
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        for key, info in header.items():
+            if key == "__metadata__" or not wanted(key):
+                continue
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise CheckpointError(f"{path}: {key} has an unsupported dtype {info['dtype']!r}")
+            begin, end = info["data_offsets"]
+            f.seek(8 + size + begin)
+            buffer = bytearray(end - begin)
+            if f.readinto(buffer) != len(buffer):
+                raise CheckpointError(f"{path}: truncated file (reading {key})")
+            tensor = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+            yield key, tensor.reshape(info["shape"])
+
+
+def _wanted(flat_key: str, components: Collection[str]) -> bool:
+    component = flat_key.partition(".")[0]
+    return component in components or component not in COMPONENTS
+
+
+def _tensor_items(state_dict: object, component: str, path: Path) -> Iterator[tuple[str, Tensor]]:
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: {component!r} must be a state dict, got {type(state_dict).__name__}")
+    for key, value in state_dict.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{path}: {component}.{key} is a {type(value).__name__}, not a tensor")
+        yield f"{component}.{key}", value
 
 
 # transformers 4 DINOv2 names -> transformers 5 names (the release was saved with transformers 4)
@@ -70,14 +166,25 @@ def map_key(key: str) -> tuple[str, str] | None:
     raise CheckpointError(f"unexpected checkpoint key {key!r}: the first prefix must be one of {COMPONENTS}")
 
 
-def convert_checkpoint(flat: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
-    """Upstream flat dict -> per-component state dicts with our names (fused SwiGLU input split)."""
+def convert_checkpoint(
+    flat: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]],
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> dict[str, dict[str, Tensor]]:
+    """Upstream flat dict -> per-component state dicts with our names (fused SwiGLU input split).
+
+    With ``dtype``/``device`` each floating tensor is cast and moved as it is read, so the source copy of one
+    tensor at most is alive next to the converted ones.
+    """
     out: dict[str, dict[str, Tensor]] = {c: {} for c in COMPONENTS}
-    for key, value in flat.items():
+    items = flat.items() if isinstance(flat, Mapping) else flat
+    for key, value in items:
         mapped = map_key(key)
         if mapped is None:
             continue
         component, name = mapped
+        if value.is_floating_point() and (dtype is not None or device is not None):
+            value = value.to(device=device, dtype=dtype)
         swiglu = _SWIGLU_IN.match(name) if component == "conditioner" else None
         if swiglu:
             # transformers 4 fuses [gate; up] along dim 0; transformers 5 keeps them apart
@@ -89,8 +196,12 @@ def convert_checkpoint(flat: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
     return out
 
 
-def load_strict(module: nn.Module, state_dict: dict[str, Tensor], what: str) -> None:
-    """Copy weights into ``module``; any missing, unexpected or mis-shaped key is an error naming it."""
+def load_strict(module: nn.Module, state_dict: dict[str, Tensor], what: str, assign: bool = False) -> None:
+    """Copy weights into ``module``; any missing, unexpected or mis-shaped key is an error naming it.
+
+    ``assign``: the tensors become the parameters (for a module built on the meta device; they must already
+    have the target dtype and device).
+    """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -105,7 +216,7 @@ def load_strict(module: nn.Module, state_dict: dict[str, Tensor], what: str) -> 
                 f"{what}: {key} has shape {tuple(value.shape)} in the checkpoint, {tuple(expected[key].shape)} "
                 "in the model built from config.yaml"
             )
-    module.load_state_dict(state_dict, strict=True)
+    module.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def _preview(keys: list[str], limit: int = 5) -> str:

@@ -68,6 +68,21 @@ class VAEConfig:
     qk_norm: bool = False
     scale_factor: float = 1.0
 
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> VAEConfig:
+        """The config of a VAE-only folder (``hunyuan3d-vae-v2-0``, ``-turbo``, ...): a bare ``{target, params}``."""
+        import yaml  # a server dependency, as in ShapeModelConfig.from_yaml
+
+        path = Path(path)
+        with path.open() as f:
+            raw = yaml.safe_load(f)
+        if not is_vae_folder_config(raw):
+            raise ValueError(
+                f"{path}: not a VAE folder's config (expected a bare 'target: ...ShapeVAE' + 'params' mapping); "
+                "a full model folder's config has model/vae/conditioner sections"
+            )
+        return _parse_vae(raw)
+
     @property
     def geo_width(self) -> int:
         return self.width // self.geo_decoder_downsample_ratio
@@ -162,6 +177,11 @@ class ShapeModelConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], name: str = "custom") -> ShapeModelConfig:
         """Parse a released config dict (sections with ``target`` + ``params``)."""
+        if is_vae_folder_config(raw):
+            raise ValueError(
+                "this is a VAE folder's config (a bare ShapeVAE target), not a model folder's: load it as the "
+                "VAE of a model folder (`vae=` / `generator.vae`)"
+            )
         for section in ("model", "vae", "conditioner"):
             if section not in raw:
                 raise ValueError(f"model config is missing the {section!r} section")
@@ -233,6 +253,11 @@ def _parse_dit(section: dict[str, Any]) -> DiTConfig:
     if "axes_dim" in params:
         params["axes_dim"] = tuple(params["axes_dim"])
     return DiTConfig(**params)
+
+
+def is_vae_folder_config(raw: Any) -> bool:
+    """A VAE-only folder's config.yaml is one bare ``{target, params}`` section, not a model's sections."""
+    return isinstance(raw, dict) and "target" in raw and "model" not in raw
 
 
 def _parse_vae(section: dict[str, Any]) -> VAEConfig:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,17 +26,22 @@ from PIL import Image
 from torch import Tensor
 
 from .acceleration import AccelerationOptions, DiTStep, compile_module, dit_step, sdpa_context
-from .checkpoint import convert_checkpoint, find_weight_file, load_strict, read_checkpoint
+from .checkpoint import COMPONENTS, convert_checkpoint, find_weight_file, iter_checkpoint, load_strict, read_checkpoint
 from .conditioner import ImageConditioner
 from .config import SchedulerConfig, ShapeModelConfig, named_config
 from .device_marching_cubes import marching_cubes_on_device
 from .dit import Hunyuan3DDiT
 from .image_processing import ImageProcessor
+from .meta_init import check_materialised, parameters_on_meta
 from .params import GenerationParams
 from .point_decoding import BatchGeometryDecoder, adaptive_kv_count
 from .surface import SurfaceInput, extract_surfaces
 from .vae import ShapeVAEDecoder
+from .vae_folders import VAESource, resolve_vae
 from .volume import SparseVolume, decode_dense, decode_hierarchical
+
+# how from_pretrained builds the modules (see there)
+InitMode = Literal["meta", "eager"]
 
 STAGES = ("preprocess", "conditioner", "diffusion", "vae", "volume_decoding", "surface_extraction")
 
@@ -137,21 +143,53 @@ class ShapePipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         acceleration: AccelerationOptions | None = None,
+        vae: str | Path | None = None,
+        init: InitMode = "meta",
     ) -> ShapePipeline:
         """Load a released model folder (``config.yaml`` + weights) strictly.
 
-        ``dtype`` defaults to fp16 on CUDA and fp32 on CPU (CPU fp16 matmuls are slow and inexact).
+        ``dtype`` defaults to fp16 on CUDA and fp32 on CPU (CPU fp16 matmuls are slow and inexact). ``vae``: a
+        VAE folder (or another model folder) whose VAE replaces the folder's own; without it a ``*-turbo``
+        folder decodes with its sibling turbo VAE folder when present (see :mod:`.vae_folders`).
+        ``init="meta"`` builds the modules without weights and makes each checkpoint tensor, cast to ``dtype``
+        on ``device`` as it is read, a parameter: no fp32 host copy of the model. ``"eager"`` is the plain
+        path (fp32 modules on the host, whole file read, then copied and cast), kept as the reference the
+        meta path is tested and measured against.
         """
         folder = Path(path)
         if not (folder / "config.yaml").is_file():
             raise FileNotFoundError(f"{folder}: not a model folder (no config.yaml)")
         config = ShapeModelConfig.from_yaml(folder / "config.yaml")
-        weights = convert_checkpoint(read_checkpoint(find_weight_file(folder)))
-        dit, vae, conditioner = _build_modules(config)
-        load_strict(dit, weights["model"], f"{folder.name}: DiT")
-        load_strict(vae, weights["vae"], f"{folder.name}: VAE")
-        load_strict(conditioner, weights["conditioner"], f"{folder.name}: conditioner")
-        return cls(config, dit, vae, conditioner, device, dtype or _default_dtype(device), acceleration)
+        vae_source = resolve_vae(folder, config, Path(vae) if vae is not None else None)
+        config = replace(config, vae=vae_source.config)
+        dtype = dtype or _default_dtype(device)
+        target = torch.device(device)
+        model_file = find_weight_file(folder)
+        # the model file's own vae.* keys are read only when that VAE is the one used
+        own_vae = vae_source.weight_file == model_file and vae_source.layout == "pipeline"
+        components = COMPONENTS if own_vae else ("model", "conditioner")
+        if init == "eager":
+            dit, vae_module, conditioner = _build_modules(config)
+            weights = convert_checkpoint(read_checkpoint(model_file, components=components))
+            if not own_vae:
+                weights["vae"] = _read_vae_weights(vae_source)
+            assign = False
+        else:
+            with parameters_on_meta():
+                dit, vae_module, conditioner = _build_modules(config)
+            weights = convert_checkpoint(iter_checkpoint(model_file, components=components), dtype, target)
+            if not own_vae:
+                weights["vae"] = _read_vae_weights(vae_source, dtype, target)
+            assign = True
+        for module, component, what in (
+            (dit, "model", "DiT"),
+            (vae_module, "vae", "VAE"),
+            (conditioner, "conditioner", "conditioner"),
+        ):
+            source = vae_source.folder.name if component == "vae" else folder.name
+            load_strict(module, weights.pop(component), f"{source}: {what}", assign=assign)
+            check_materialised(module, f"{source}: {what}")
+        return cls(config, dit, vae_module, conditioner, target, dtype, acceleration)
 
     @classmethod
     def from_config(
@@ -341,6 +379,14 @@ def _check_counts(images: int, seeds: int) -> None:
         raise ValueError(f"got {images} images but {seeds} seeds; give one seed per image")
     if not images:
         raise ValueError("no images given")
+
+
+def _read_vae_weights(
+    source: VAESource, dtype: torch.dtype | None = None, device: torch.device | None = None
+) -> dict[str, Tensor]:
+    """The VAE state dict (our names) from a VAE folder's file or another model folder's ``vae.`` keys."""
+    items = iter_checkpoint(source.weight_file, source.layout, components=("vae",))
+    return convert_checkpoint(items, dtype, device)["vae"]
 
 
 def _build_modules(config: ShapeModelConfig) -> tuple[Hunyuan3DDiT, ShapeVAEDecoder, ImageConditioner]:

@@ -7,11 +7,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from deployments.hunyuan3d import CheckpointError, ShapePipeline
-from deployments.hunyuan3d.checkpoint import convert_checkpoint, find_weight_file, map_key
+from deployments.hunyuan3d.checkpoint import (
+    convert_checkpoint,
+    find_weight_file,
+    iter_checkpoint,
+    map_key,
+    read_checkpoint,
+)
 
 from .conftest import TINY_MODELS
 
 CFG_FOLDER = TINY_MODELS / "hunyuan3d-dit-v2-0"
+TURBO_VAE = TINY_MODELS / "hunyuan3d-vae-v2-0-turbo"
 
 
 def test_map_key_converts_transformers4_dinov2_names():
@@ -75,3 +82,54 @@ def test_missing_weights_name_the_expected_files(tmp_path):
     shutil.copy(CFG_FOLDER / "config.yaml", tmp_path / "config.yaml")
     with pytest.raises(FileNotFoundError, match=r"model\.fp16\.safetensors"):
         ShapePipeline.from_pretrained(tmp_path)
+
+
+def test_iter_checkpoint_prefixes_a_vae_folders_bare_keys():
+    keys = [key for key, _ in iter_checkpoint(TURBO_VAE / "model.fp16.safetensors", layout="vae")]
+    assert keys and all(key.startswith("vae.") for key in keys)
+    assert "vae.geo_decoder.latents_proj.weight" in keys  # the turbo decoder's projection (downsample 2)
+
+
+def test_iter_checkpoint_skips_unwanted_components_but_not_unknown_prefixes(tmp_path):
+    keys = {
+        key.partition(".")[0] for key, _ in iter_checkpoint(CFG_FOLDER / "model.fp16.safetensors", components=("vae",))
+    }
+    assert keys == {"vae"}
+    path = tmp_path / "model.safetensors"
+    save_file({"texgen.foo": torch.zeros(1), "model.bar": torch.zeros(1)}, str(path))
+    with pytest.raises(CheckpointError, match=r"'texgen\.foo'"):
+        convert_checkpoint(iter_checkpoint(path, components=("vae",)))
+
+
+def test_convert_checkpoint_casts_each_tensor_to_the_target_dtype():
+    converted = convert_checkpoint({"vae.post_kl.weight": torch.ones(2, dtype=torch.float16)}, dtype=torch.float32)
+    assert converted["vae"]["post_kl.weight"].dtype == torch.float32
+
+
+def test_ckpt_that_is_not_a_component_dict_names_the_expected_keys(tmp_path):
+    torch.save({"state_dict": {"a": torch.zeros(1)}}, tmp_path / "model.ckpt")
+    with pytest.raises(CheckpointError, match=r"expected a dict with keys \('model', 'vae', 'conditioner'\)"):
+        read_checkpoint(tmp_path / "model.ckpt")
+
+
+def test_read_checkpoint_reads_safetensors_like_the_safetensors_library(tmp_path):
+    path = tmp_path / "model.safetensors"
+    tensors = {
+        "model.a": torch.randn(3, 4, dtype=torch.bfloat16),
+        "model.b": torch.arange(5, dtype=torch.int64),
+        "vae.c": torch.randn(2, dtype=torch.float32),
+        "conditioner.empty": torch.zeros(0, 3, dtype=torch.float16),
+    }
+    save_file(tensors, str(path))
+    ours = read_checkpoint(path)
+    assert sorted(ours) == sorted(tensors)
+    for key, value in load_file(str(path)).items():
+        assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+
+
+def test_read_checkpoint_reports_a_truncated_safetensors_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"model.a": torch.zeros(64)}, str(path))
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match=r"truncated file \(reading model\.a\)"):
+        read_checkpoint(path)

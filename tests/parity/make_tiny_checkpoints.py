@@ -244,7 +244,13 @@ def tune_vae(vae, seed: int) -> dict:
     dec.output_proj.bias.zero_()
 
     attn = dec.cross_attn_decoder.attn
-    attn.attention.k_norm.weight.mul_(ATTN_KEY_GAIN)
+    if isinstance(attn.attention.k_norm, torch.nn.Identity):
+        # turbo decoder (geo_decoder_ln_post false also drops the q/k norms): scale the key rows of c_kv
+        # instead, laid out (heads, [k; v], head_dim) as the official view + split reads them
+        w = attn.c_kv.weight
+        w.view(attn.attention.heads, 2, -1, w.shape[1])[:, 0].mul_(ATTN_KEY_GAIN)
+    else:
+        attn.attention.k_norm.weight.mul_(ATTN_KEY_GAIN)
     attn.c_proj.weight.mul_(ATTN_OUT_GAIN)
     return {
         "decay": DECAY,
