@@ -78,7 +78,15 @@ def build_mini_turbo() -> dict:
         perturb_constant_params(module, MINI_SEED + offset)
     tuning = tune_vae(vae, MINI_SEED)
     tensors = state_dict_fp16(model, vae, conditioner)
-    _, ckpt_path = write_folder(MINI_FOLDER, cfg, tensors, MINI_SEED)
+    cfg_path, ckpt_path = write_folder(MINI_FOLDER, cfg, tensors, MINI_SEED)
+    with open(cfg_path) as f:  # the shared header names the v2-0 repository and script
+        text = f.read()
+    text = text.replace("tencent/Hunyuan3D-2/", "tencent/Hunyuan3D-2mini/").replace(
+        "tests/parity/make_tiny_checkpoints.py", "tests/parity/make_mini_and_fp16_references.py"
+    )
+    with open(cfg_path, "w") as f:
+        f.write(text)
+    os.chmod(ckpt_path, 0o644)  # safetensors writes 0600; the other tiny checkpoints are 0644
     pipe = load_official(MINI_FOLDER)  # strict official load of what was written
     check = check_surface(pipe, os.path.join(os.path.dirname(PARITY_DIR), "images", "object_rgba.png"), 1234)
     assert check["faces"] is not None and check["faces"] >= 1000, check
