@@ -37,7 +37,10 @@ class ImageConditioner(nn.Module):
             # Resize(size, antialias=True) + CenterCrop(size) on tensors
             scale = size / min(h, w)
             new_h, new_w = (size, int(w * scale)) if h <= w else (int(h * scale), size)
-            image = F.interpolate(image, size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True)
+            # in float32 and back, as torchvision's resize does for other dtypes (and CPU has no fp16 kernel)
+            image = F.interpolate(
+                image.float(), size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True
+            ).to(image.dtype)
             top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
             image = image[..., top : top + size, left : left + size]
         return (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)

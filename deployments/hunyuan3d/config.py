@@ -377,6 +377,15 @@ _TURBO_VAE: dict[str, Any] = {
     "geo_decoder_ln_post": False,
 }
 
+# Mini: half the DiT blocks and a sixth of the latents, the same DINOv2-giant. The conditioning size and
+# border of mini and mini-fast are v2-0's here: no copy of their released config was at hand to confirm them.
+_MINI = replace(
+    _V2_0,
+    dit=replace(_V2_0.dit, depth=8, depth_single_blocks=16),
+    vae=replace(_V2_0.vae, num_latents=512, scale_factor=1.0188137142395404),
+    name="hunyuan3d-dit-v2-mini",
+)
+
 NAMED_CONFIGS: dict[str, ShapeModelConfig] = {
     "hunyuan3d-dit-v2-0": _V2_0,
     "hunyuan3d-dit-v2-0-fast": replace(
@@ -389,11 +398,21 @@ NAMED_CONFIGS: dict[str, ShapeModelConfig] = {
         scheduler=SchedulerConfig(kind="consistency_flow_match_euler"),
         name="hunyuan3d-dit-v2-0-turbo",
     ),
-    "hunyuan3d-dit-v2-mini": replace(
-        _V2_0,
-        dit=replace(_V2_0.dit, depth=8, depth_single_blocks=16),
-        vae=replace(_V2_0.vae, num_latents=512, scale_factor=1.0188137142395404),
-        name="hunyuan3d-dit-v2-mini",
+    "hunyuan3d-dit-v2-mini": _MINI,
+    "hunyuan3d-dit-v2-mini-fast": replace(
+        _MINI, dit=replace(_MINI.dit, guidance_embed=True), name="hunyuan3d-dit-v2-mini-fast"
+    ),
+    # Copies of the released mini-turbo config condition DINOv2 at 1022 px (73 x 73 patches + CLS = 5,330
+    # tokens, position embeddings interpolated from 37 x 37), recentre without a border and sample the
+    # consistency grid of 100 PCM steps. The -turbo DiT folder carries the standard mini VAE (the turbo VAE
+    # is a separate folder). Not checked against the file on the hub.
+    "hunyuan3d-dit-v2-mini-turbo": replace(
+        _MINI,
+        dit=replace(_MINI.dit, guidance_embed=True),
+        conditioner=replace(_MINI.conditioner, image_size=1022),
+        scheduler=SchedulerConfig(kind="consistency_flow_match_euler", pcm_timesteps=100),
+        image_processor=ImageProcessorConfig(border_ratio=0.0),
+        name="hunyuan3d-dit-v2-mini-turbo",
     ),
 }
 

@@ -16,20 +16,22 @@ from .config import DiTConfig
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float, time_factor: float = 1000.0) -> Tensor:
-    """Sinusoidal embedding of ``time_factor * t`` -> (N, dim) as [cos | sin].
+    """Sinusoidal embedding of ``time_factor * t`` -> (N, dim) float32 as [cos | sin].
 
     Quirk kept for checkpoint parity: the official model passes its ``time_factor`` (1000) as
     ``max_period``, so the frequencies span 1..1/1000 rather than 1..1/10000.
+
+    Computed in float32 from ``t`` taken as float32, and returned in float32 (the caller casts it to the model
+    dtype): ``1000 t`` in bf16 is off by up to 2 (of 1000) near t = 1, in fp16 by up to 0.25. Give ``t`` in
+    float32 too: rounding it before the call loses the same precision.
     """
-    t = time_factor * t
+    t = time_factor * t.float()
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half).to(t.device)
-    args = t[:, None].float() * freqs[None]
+    args = t[:, None] * freqs[None]
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
-    if torch.is_floating_point(t):
-        embedding = embedding.to(t)
     return embedding
 
 
@@ -237,10 +239,10 @@ class Hunyuan3DDiT(nn.Module):
     ) -> Tensor:
         """Velocity for latents at flow time t.
 
-        x: (B, N, C_latent) noisy latents; t: (B,) in [0, 1] (0 = noise, 1 = data);
+        x: (B, N, C_latent) noisy latents; t: (B,) in [0, 1] (0 = noise, 1 = data), best float32;
         cond: (B, T, C_cond) image tokens, or with ``cond_embedded`` their :meth:`embed_condition` (B, T, C);
-        guidance: (B,) for guidance-distilled models; cond_copies: each condition token stands for this many
-        identical tokens (see below). Returns (B, N, C_latent).
+        guidance: (B,) (float32, like t) for guidance-distilled models; cond_copies: each condition token stands
+        for this many identical tokens (see below). Returns (B, N, C_latent).
 
         Identical condition tokens stay identical through every block (no positional encoding, every op
         per token), and k identical keys with their values weigh in a softmax exactly like one key whose
@@ -250,11 +252,12 @@ class Hunyuan3DDiT(nn.Module):
         if not cond_embedded:
             cond = self.embed_condition(cond)
         latent = self.latent_in(x)  # (B, N, C)
-        vec = self.time_in(timestep_embedding(t, 256, self.cfg.time_factor).to(dtype=latent.dtype))  # (B, C)
+        # t and guidance are embedded in float32; only the embeddings meet the model dtype
+        vec = self.time_in(timestep_embedding(t, 256, self.cfg.time_factor).to(latent.dtype))  # (B, C)
         if self.cfg.guidance_embed:
             if guidance is None:
                 raise ValueError("this guidance-distilled model needs a guidance value")
-            vec = vec + self.guidance_in(timestep_embedding(guidance, 256, self.cfg.time_factor))
+            vec = vec + self.guidance_in(timestep_embedding(guidance, 256, self.cfg.time_factor).to(latent.dtype))
         key_bias = None
         if cond_copies > 1:
             # keys are [cond; latent] in both kinds of block: + ln(copies) on the condition keys

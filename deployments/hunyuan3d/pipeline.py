@@ -285,12 +285,13 @@ class ShapePipeline:
         with timings.stage("diffusion", self.device):
             scheduler = make_scheduler(self.config.scheduler, params.num_inference_steps, self.device)
             latents = self.initial_noise(seeds).to(self.device, self.dtype)
+            # t and guidance stay float32 under fp16/bf16: the DiT embeds them in float32 (see timestep_embedding)
             guidance = None
             if not self.config.uses_cfg:
-                guidance = torch.full((batch,), params.guidance_scale, device=self.device, dtype=self.dtype)
+                guidance = torch.full((batch,), params.guidance_scale, device=self.device, dtype=torch.float32)
             train_steps = self.config.scheduler.num_train_timesteps
             for t in scheduler.timesteps[: steps_that_move(scheduler)]:
-                t_model = t.expand(batch).to(latents.dtype) / train_steps
+                t_model = t.expand(batch).float() / train_steps
                 velocity = self.dit_step(latents, t_model, cond, guidance, cond_embedded=True)
                 if uncond is not None:
                     # two DiT calls of B rows: the unconditional one has T - 1 fewer tokens than the other

@@ -33,7 +33,12 @@ def adaptive_kv_count(num_tokens: int) -> int:
 
 
 class BatchGeometryDecoder:
-    """Occupancy logits of query points for B samples at once (float32 results, model-dtype compute)."""
+    """Occupancy logits of query points for B samples at once (float32 results, model-dtype compute).
+
+    Query points go to the decoder as float32: only their Fourier features are cast to ``dtype`` (the model's,
+    which ``kv`` already carries), because bf16/fp16 coordinates move grid positions by a sizeable part of a
+    voxel at high resolutions (see :class:`~.vae.FourierEmbedder`).
+    """
 
     def __init__(
         self,
@@ -52,7 +57,7 @@ class BatchGeometryDecoder:
         if self.kv_count is not None:  # selection is per sample and block: decode each sample's copy
             owner = torch.arange(self.batch_size, device=points.device).repeat_interleave(points.shape[0])
             return self.ragged(points.repeat(self.batch_size, 1), owner).view(self.batch_size, -1)
-        return self.decoder(points[None].to(self.dtype), self.kv).float()
+        return self.decoder(points[None], self.kv).float()
 
     def ragged(self, points: Tensor, owner: Tensor) -> Tensor:
         if not points.shape[0]:
@@ -65,7 +70,7 @@ class BatchGeometryDecoder:
             kv = KeyValues(self.kv.keys[b : b + 1], self.kv.values[b : b + 1])
             for start in range(bounds[b], bounds[b + 1], self.num_chunks):
                 stop = min(start + self.num_chunks, bounds[b + 1])
-                out[start:stop] = self.decoder(points[None, start:stop].to(self.dtype), kv)[0].float()
+                out[start:stop] = self.decoder(points[None, start:stop], kv)[0].float()
         return out
 
     def _ragged_adaptive(self, points: Tensor, owner: Tensor) -> Tensor:
@@ -82,9 +87,7 @@ class BatchGeometryDecoder:
             def select(q: Tensor, kv: KeyValues, owners: Tensor = owners) -> KeyValues:
                 return select_top_keys(q, kv, owners, self.kv_count or 1)
 
-            logits[start : start + per_call] = self.decoder(
-                blocks[start : start + per_call].to(self.dtype), self.kv, select
-            ).float()
+            logits[start : start + per_call] = self.decoder(blocks[start : start + per_call], self.kv, select).float()
         out = torch.empty(points.shape[0], device=points.device)
         out[order] = logits.view(-1)[rows]
         return out

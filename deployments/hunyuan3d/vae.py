@@ -17,20 +17,24 @@ from .config import VAEConfig
 
 
 class FourierEmbedder(nn.Module):
-    """(..., 3) points -> (..., 3 * (2F + 1)) as [x | sin(f x) | cos(f x)], f = 2^0 .. 2^(F-1) (times pi)."""
+    """(..., 3) points -> (..., 3 * (2F + 1)) float32 as [x | sin(f x) | cos(f x)], f = 2^0 .. 2^(F-1) (times pi).
 
-    frequencies: Tensor  # a buffer, registered in __init__
+    Always float32, whatever the model dtype: a grid coordinate rounded to bf16 (8 mantissa bits) moves by up to
+    1/256 of its value, 0.3-0.6 voxels at R = 256-384, and the 2^7 frequency multiplies that error by 128. The
+    frequencies are made per call rather than kept as a buffer, because ``module.to(dtype)`` would round them.
+    """
 
     def __init__(self, num_freqs: int, include_pi: bool) -> None:
         super().__init__()
-        frequencies = 2.0 ** torch.arange(num_freqs, dtype=torch.float32)
-        if include_pi:
-            frequencies *= torch.pi
-        self.register_buffer("frequencies", frequencies, persistent=False)
         self.num_freqs = num_freqs
+        self.include_pi = include_pi
 
     def forward(self, x: Tensor) -> Tensor:
-        embed = (x[..., None].contiguous() * self.frequencies).view(*x.shape[:-1], -1)
+        x = x.float()
+        frequencies = 2.0 ** torch.arange(self.num_freqs, dtype=torch.float32, device=x.device)
+        if self.include_pi:
+            frequencies *= torch.pi
+        embed = (x[..., None].contiguous() * frequencies).view(*x.shape[:-1], -1)
         return torch.cat((x, embed.sin(), embed.cos()), dim=-1)
 
 
@@ -196,12 +200,13 @@ class GeometryDecoder(nn.Module):
         return self.cross_attn_decoder.key_values(tokens)
 
     def forward(self, points: Tensor, kv: KeyValues, select: KeySelector | None = None) -> Tensor:
-        """points (1 or N, P, 3) against N token sets -> logits (N, P).
+        """points (1 or N, P, 3), float32 (see :class:`FourierEmbedder`), against N token sets -> logits (N, P).
 
         A (1, P, 3) query is shared by the batch: its projections run once and broadcast in attention.
         ``select`` picks, from the queries, a smaller token set per row (adaptive KV selection).
         """
         block = self.cross_attn_decoder
+        # float32 points -> float32 features; only the features meet the model dtype
         query = self.query_proj(self.fourier_embedder(points).to(kv.keys.dtype))  # (1|N, P, W)
         q = block.attn.queries(block.ln_1(query))
         if select is not None:

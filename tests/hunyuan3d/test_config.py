@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -91,3 +92,23 @@ def test_real_size_vae_decoder_has_214m_parameters():
 def test_named_config_unknown_variant_lists_known_ones():
     with pytest.raises(ValueError, match="hunyuan3d-dit-v2-0"):
         named_config("hunyuan3d-dit-v9")
+
+
+def test_named_mini_variants_share_the_mini_networks():
+    mini, fast, turbo = (named_config(f"hunyuan3d-dit-v2-mini{suffix}") for suffix in ("", "-fast", "-turbo"))
+    for variant in (fast, turbo):
+        assert variant.dit == replace(mini.dit, guidance_embed=True)
+        assert variant.vae == mini.vae  # a -turbo DiT folder carries the standard VAE
+    assert mini.uses_cfg and not fast.uses_cfg and not turbo.uses_cfg
+    assert (mini.vae.num_latents, mini.dit.depth, mini.dit.depth_single_blocks) == (512, 8, 16)
+
+
+def test_named_mini_turbo_conditions_at_1022_px_without_border():
+    turbo = named_config("hunyuan3d-dit-v2-mini-turbo")
+    assert (turbo.conditioner.image_size, turbo.conditioner.num_tokens) == (1022, 5330)
+    assert turbo.conditioner.dinov2["image_size"] == 518  # DINOv2-giant's embeddings, interpolated to 73 x 73
+    assert turbo.image_processor.border_ratio == 0.0
+    assert (turbo.scheduler.kind, turbo.scheduler.pcm_timesteps) == ("consistency_flow_match_euler", 100)
+    parsed = ShapeModelConfig.from_dict(turbo.to_dict())
+    assert (parsed.conditioner.image_size, parsed.image_processor.border_ratio) == (1022, 0.0)
+    assert parsed.scheduler.pcm_timesteps == 100
