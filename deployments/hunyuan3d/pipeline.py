@@ -27,15 +27,20 @@ from torch import Tensor
 from .acceleration import AccelerationOptions, DiTStep, compile_module, dit_step, sdpa_context
 from .checkpoint import convert_checkpoint, find_weight_file, load_strict, read_checkpoint
 from .conditioner import ImageConditioner
-from .config import SchedulerConfig, ShapeModelConfig, named_config
+from .config import DiTConfig, SchedulerConfig, ShapeModelConfig, named_config
 from .device_marching_cubes import marching_cubes_on_device
 from .dit import Hunyuan3DDiT
+from .dit_v21 import HunYuanDiTPlain
 from .image_processing import ImageProcessor
 from .params import GenerationParams
 from .point_decoding import BatchGeometryDecoder, adaptive_kv_count
 from .surface import SurfaceInput, extract_surfaces
 from .vae import ShapeVAEDecoder
 from .volume import SparseVolume, decode_dense, decode_hierarchical
+
+# Both DiT generations share the sampler contract: embed_condition(tokens) and
+# forward(latents, t, cond, guidance, *, cond_copies=..., cond_embedded=...)
+ShapeDiT = Hunyuan3DDiT | HunYuanDiTPlain
 
 STAGES = ("preprocess", "conditioner", "diffusion", "vae", "volume_decoding", "surface_extraction")
 
@@ -107,7 +112,7 @@ class ShapePipeline:
     def __init__(
         self,
         config: ShapeModelConfig,
-        dit: Hunyuan3DDiT,
+        dit: ShapeDiT,
         vae: ShapeVAEDecoder,
         conditioner: ImageConditioner,
         device: str | torch.device = "cpu",
@@ -146,7 +151,7 @@ class ShapePipeline:
         if not (folder / "config.yaml").is_file():
             raise FileNotFoundError(f"{folder}: not a model folder (no config.yaml)")
         config = ShapeModelConfig.from_yaml(folder / "config.yaml")
-        weights = convert_checkpoint(read_checkpoint(find_weight_file(folder)))
+        weights = convert_checkpoint(read_checkpoint(find_weight_file(folder)), config.dit)
         dit, vae, conditioner = _build_modules(config)
         load_strict(dit, weights["model"], f"{folder.name}: DiT")
         load_strict(vae, weights["vae"], f"{folder.name}: VAE")
@@ -343,8 +348,10 @@ def _check_counts(images: int, seeds: int) -> None:
         raise ValueError("no images given")
 
 
-def _build_modules(config: ShapeModelConfig) -> tuple[Hunyuan3DDiT, ShapeVAEDecoder, ImageConditioner]:
-    return Hunyuan3DDiT(config.dit), ShapeVAEDecoder(config.vae), ImageConditioner(config.conditioner)
+def _build_modules(config: ShapeModelConfig) -> tuple[ShapeDiT, ShapeVAEDecoder, ImageConditioner]:
+    # the DiT generation follows the config's type (its target class in config.yaml)
+    dit = Hunyuan3DDiT(config.dit) if isinstance(config.dit, DiTConfig) else HunYuanDiTPlain(config.dit)
+    return dit, ShapeVAEDecoder(config.vae), ImageConditioner(config.conditioner)
 
 
 def _default_dtype(device: str | torch.device) -> torch.dtype:
