@@ -109,8 +109,11 @@ def convert_checkpoint(flat: dict[str, Tensor], dit: AnyDiTConfig | None = None)
         else:
             out[component][name] = value
     if dropped:
-        logger.info("checkpoint: dropped %d VAE encoder tensors (%s*), unused by shape generation", dropped,
-                    "*, ".join(VAE_ENCODER_PREFIXES))
+        logger.info(
+            "checkpoint: dropped %d VAE encoder tensors (%s*), unused by shape generation",
+            dropped,
+            "*, ".join(VAE_ENCODER_PREFIXES),
+        )
     if isinstance(dit, DiTV21Config):
         from .dit_v21 import convert_official_state_dict  # torch model code, loaded only for 2.1 folders
 

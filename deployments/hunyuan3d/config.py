@@ -432,8 +432,10 @@ _DINOV2_GIANT: dict[str, Any] = {
     "use_swiglu_ffn": True,
 }
 
+_V2_0_DIT = DiTConfig()  # typed as the 2.0 DiT (ShapeModelConfig.dit is the union of both generations)
+
 _V2_0 = ShapeModelConfig(
-    dit=DiTConfig(),
+    dit=_V2_0_DIT,
     vae=VAEConfig(
         num_latents=3072,
         embed_dim=64,
@@ -476,18 +478,18 @@ _TURBO_VAE: dict[str, Any] = {
 NAMED_CONFIGS: dict[str, ShapeModelConfig] = {
     "hunyuan3d-dit-v2-0": _V2_0,
     "hunyuan3d-dit-v2-0-fast": replace(
-        _V2_0, dit=replace(_V2_0.dit, guidance_embed=True), name="hunyuan3d-dit-v2-0-fast"
+        _V2_0, dit=replace(_V2_0_DIT, guidance_embed=True), name="hunyuan3d-dit-v2-0-fast"
     ),
     "hunyuan3d-dit-v2-0-turbo": replace(
         _V2_0,
-        dit=replace(_V2_0.dit, guidance_embed=True),
+        dit=replace(_V2_0_DIT, guidance_embed=True),
         vae=replace(_V2_0.vae, **_TURBO_VAE),
         scheduler=SchedulerConfig(kind="consistency_flow_match_euler"),
         name="hunyuan3d-dit-v2-0-turbo",
     ),
     "hunyuan3d-dit-v2-mini": replace(
         _V2_0,
-        dit=replace(_V2_0.dit, depth=8, depth_single_blocks=16),
+        dit=replace(_V2_0_DIT, depth=8, depth_single_blocks=16),
         vae=replace(_V2_0.vae, num_latents=512, scale_factor=1.0188137142395404),
         name="hunyuan3d-dit-v2-mini",
     ),

@@ -10,13 +10,14 @@ enters only as the extra token. Parameter names are the official ones, after :fu
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DiTV21Config
-from .moe import FeedForward, MoEBlock, MoEImpl, stack_expert_weights
+from .moe import MoEBlock, MoEImpl, stack_expert_weights
 
 
 def time_token_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -137,7 +138,7 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         """(B,) -> (B, 1, C) time token."""
-        frequencies = time_token_embedding(t, self.hidden_size).to(self.mlp[0].weight.dtype)
+        frequencies = time_token_embedding(t, self.hidden_size).to(cast(nn.Linear, self.mlp[0]).weight.dtype)
         return self.mlp(frequencies)[:, None, :]
 
 

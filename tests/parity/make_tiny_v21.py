@@ -205,7 +205,13 @@ def run(pipe, images: list[str], seeds: list[int]):
         enable_pbar=False,
     )
     meshes = pipe._export(
-        latents, "trimesh", COMMON["box_v"], COMMON["mc_level"], COMMON["num_chunks"], RESOLUTION, None,
+        latents,
+        "trimesh",
+        COMMON["box_v"],
+        COMMON["mc_level"],
+        COMMON["num_chunks"],
+        RESOLUTION,
+        None,
         enable_pbar=False,
     )
     return latents, meshes
