@@ -287,3 +287,13 @@ def test_v21_time_token_uses_unscaled_flow_time():
     embedding = time_token_embedding(torch.tensor([0.5]), 8)
     assert embedding[0, 0].item() == pytest.approx(math.sin(0.5))
     assert embedding[0, 4].item() == pytest.approx(math.cos(0.5))
+
+
+def test_v21_from_config_builds_random_weights_that_sample():
+    """Random-weight builds (benchmarks without weights) work for 2.1 too, with every expert initialised."""
+    pipeline = ShapePipeline.from_config(TINY_V21, seed=1)
+    experts = pipeline.dit.blocks[-1].moe.experts
+    assert experts.in_weight.std() > 0 and not torch.equal(experts.in_weight[0], experts.in_weight[1])
+    params = GenerationParams(num_inference_steps=2, guidance_scale=5.0)
+    latents = pipeline.sample_latents([load_image("object_rgba.png")], [0], params)
+    assert latents.shape == (1, 128, 8) and torch.isfinite(latents).all()
