@@ -25,6 +25,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .config import AnyDiTConfig, DiTV21Config
+
 logger = logging.getLogger(__name__)
 
 # Preference order when several files are present: safetensors (no pickle) first, fp16 (the release) first.
@@ -149,11 +151,22 @@ _DINOV2_RENAMES = (
 )
 _SWIGLU_IN = re.compile(r"^(.*\.mlp)\.weights_in\.(weight|bias)$")
 _CONDITIONER_PREFIX = "main_image_encoder.model."
+# The released 2.1 VAE holds the whole ShapeVAE, point-cloud encoder included (the official loader is
+# non-strict). We build the decoder only: these official ShapeVAE attribute prefixes are dropped by name, and
+# every other VAE key stays strict.
+VAE_ENCODER_PREFIXES = ("encoder.", "pre_kl.")
+
+
+def is_vae_encoder_key(name: str) -> bool:
+    """A ``vae.`` key (prefix removed) of the VAE's encoder half, which shape generation never runs."""
+    return name.startswith(VAE_ENCODER_PREFIXES)
 
 
 def map_key(key: str) -> tuple[str, str] | None:
     """Upstream key -> (component, our parameter name); ``None`` means the key is intentionally dropped."""
     component, _, name = key.partition(".")
+    if component == "vae" and is_vae_encoder_key(name):
+        return None
     if component in ("model", "vae"):
         return component, name
     if component == "conditioner":
@@ -170,17 +183,21 @@ def convert_checkpoint(
     flat: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]],
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
+    dit: AnyDiTConfig | None = None,
 ) -> dict[str, dict[str, Tensor]]:
     """Upstream flat dict -> per-component state dicts with our names (fused SwiGLU input split).
 
     With ``dtype``/``device`` each floating tensor is cast and moved as it is read, so the source copy of one
-    tensor at most is alive next to the converted ones.
+    tensor at most is alive next to the converted ones. With a 2.1 ``dit`` config the DiT weights also get its
+    load-time folds (q/k/v unmixing, expert stacking: :func:`~.dit_v21.convert_official_state_dict`).
     """
     out: dict[str, dict[str, Tensor]] = {c: {} for c in COMPONENTS}
+    dropped = 0
     items = flat.items() if isinstance(flat, Mapping) else flat
     for key, value in items:
         mapped = map_key(key)
         if mapped is None:
+            dropped += 1
             continue
         component, name = mapped
         if value.is_floating_point() and (dtype is not None or device is not None):
@@ -193,6 +210,16 @@ def convert_checkpoint(
             out[component][f"{swiglu[1]}.up_proj.{swiglu[2]}"] = up
         else:
             out[component][name] = value
+    if dropped:
+        logger.info(
+            "checkpoint: dropped %d VAE encoder tensors (%s*), unused by shape generation",
+            dropped,
+            "*, ".join(VAE_ENCODER_PREFIXES),
+        )
+    if isinstance(dit, DiTV21Config):
+        from .dit_v21 import convert_official_state_dict  # torch model code, loaded only for 2.1 folders
+
+        out["model"] = convert_official_state_dict(out["model"], dit)
     return out
 
 

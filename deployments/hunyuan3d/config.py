@@ -51,6 +51,68 @@ class DiTConfig:
 
 
 @dataclass(frozen=True)
+class DiTV21Config:
+    """Hunyuan3D-2.1 DiT (``HunYuanDiTPlain``): a plain transformer over [time token; latents] with U-Net long
+    skips, cross-attention to the image tokens, and mixture-of-experts feed-forwards in the last layers.
+
+    Field names are the official constructor's (the released ``config.yaml`` params). Options of the official
+    class that the release leaves off (attention pooling, decoupled cross-attention, positional embedding,
+    guidance projection) are refused by the parser rather than silently ignored.
+    """
+
+    input_size: int = 4096  # number of latents (only used upstream by the unused positional embedding)
+    in_channels: int = 64
+    hidden_size: int = 2048
+    context_dim: int = 1024
+    depth: int = 21
+    num_heads: int = 16
+    qk_norm: bool = True
+    qkv_bias: bool = False
+    text_len: int = 1370  # the attention pooler's token count upstream; no weight of ours depends on it
+    num_moe_layers: int = 6
+    num_experts: int = 8
+    moe_top_k: int = 2
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+        if not 0 <= self.num_moe_layers <= self.depth:
+            raise ValueError(f"num_moe_layers {self.num_moe_layers} must be within 0..depth ({self.depth})")
+        if not 1 <= self.moe_top_k <= self.num_experts:
+            raise ValueError(f"moe_top_k {self.moe_top_k} must be within 1..num_experts ({self.num_experts})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        # the official block hard-codes 4x for both the MLP and every expert (its mlp_ratio is never read)
+        return 4 * self.hidden_size
+
+    @property
+    def context_in_dim(self) -> int:
+        """Width of the image tokens (the name :class:`ShapeModelConfig` checks against the encoder)."""
+        return self.context_dim
+
+    @property
+    def guidance_embed(self) -> bool:
+        # the official 2.1 pipeline passes `guidance=`, which HunYuanDiTPlain never reads: always CFG
+        return False
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """The last ``num_moe_layers`` blocks use experts (official rule ``depth - layer <= num_moe_layers``)."""
+        return self.depth - layer <= self.num_moe_layers
+
+    def has_skip(self, layer: int) -> bool:
+        """Blocks after the middle one take a long skip from their mirror in the first half."""
+        return layer > self.depth // 2
+
+
+AnyDiTConfig = DiTConfig | DiTV21Config
+
+
+@dataclass(frozen=True)
 class VAEConfig:
     """The decoder half of ``ShapeVAE``: latents -> token set -> occupancy at query points."""
 
@@ -132,7 +194,7 @@ class ImageProcessorConfig:
 
 @dataclass(frozen=True)
 class ShapeModelConfig:
-    dit: DiTConfig = field(default_factory=DiTConfig)
+    dit: AnyDiTConfig = field(default_factory=DiTConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -204,9 +266,13 @@ class ShapeModelConfig:
         if self.scheduler.kind == "consistency_flow_match_euler":
             scheduler_params["pcm_timesteps"] = self.scheduler.pcm_timesteps
         dit = asdict(self.dit)
-        dit["axes_dim"] = list(self.dit.axes_dim)
+        if isinstance(self.dit, DiTConfig):
+            dit["axes_dim"] = list(self.dit.axes_dim)
+            dit_target = "hy3dgen.shapegen.models.Hunyuan3DDiT"
+        else:
+            dit_target = "hy3dshape.models.denoisers.hunyuandit.HunYuanDiTPlain"
         return {
-            "model": {"target": "hy3dgen.shapegen.models.Hunyuan3DDiT", "params": dit},
+            "model": {"target": dit_target, "params": dit},
             "vae": {"target": "hy3dgen.shapegen.models.ShapeVAE", "params": asdict(self.vae)},
             "conditioner": {
                 "target": "hy3dgen.shapegen.models.SingleImageEncoder",
@@ -244,10 +310,31 @@ def _known_params(cls: type, params: dict[str, Any], what: str, ignore: frozense
     return {k: v for k, v in params.items() if k in names}
 
 
-def _parse_dit(section: dict[str, Any]) -> DiTConfig:
+# HunYuanDiTPlain options: values the official class takes but our implementation does not need, each with
+# the only value the release uses (any other value is refused: it would change the architecture).
+_V21_FIXED_PARAMS: dict[str, Any] = {
+    "norm_type": "layer",
+    "qk_norm_type": "rms",
+    "with_decoupled_ca": False,
+    "use_pos_emb": False,
+    "use_attention_pooling": False,
+    "guidance_cond_proj_dim": None,
+}
+# accepted and ignored: the official block never reads mlp_ratio (4x is hard-coded); the decoupled
+# cross-attention sizes only matter with with_decoupled_ca
+_V21_IGNORED_PARAMS = frozenset(
+    {"mlp_ratio", "additional_cond_hidden_state", "decoupled_ca_dim", "decoupled_ca_weight", "ckpt_path"}
+)
+
+
+def _parse_dit(section: dict[str, Any]) -> AnyDiTConfig:
     name = _class_name(section, "model")
+    if name == "HunYuanDiTPlain":
+        return _parse_dit_v21(dict(section.get("params") or {}))
     if name != "Hunyuan3DDiT":
-        raise UnsupportedModelError(f"model target {name!r} is not supported; expected Hunyuan3DDiT")
+        raise UnsupportedModelError(
+            f"model target {name!r} is not supported; expected Hunyuan3DDiT (2.0) or HunYuanDiTPlain (2.1)"
+        )
     # ckpt_path is a training-time option of the official class; we load weights ourselves.
     params = _known_params(DiTConfig, dict(section.get("params") or {}), "model", frozenset({"ckpt_path"}))
     if "axes_dim" in params:
@@ -260,13 +347,30 @@ def is_vae_folder_config(raw: Any) -> bool:
     return isinstance(raw, dict) and "target" in raw and "model" not in raw
 
 
+def _parse_dit_v21(params: dict[str, Any]) -> DiTV21Config:
+    for key, released in _V21_FIXED_PARAMS.items():
+        if key in params and params.pop(key) != released:
+            raise UnsupportedModelError(f"HunYuanDiTPlain with {key} != {released!r} is not supported")
+    return DiTV21Config(**_known_params(DiTV21Config, params, "model", _V21_IGNORED_PARAMS))
+
+
+# ShapeVAE parameters that only shape its point-cloud ENCODER (training / encoding); we build the decoder only,
+# so they are accepted and ignored (their weights are dropped by name in checkpoint.map_key).
+VAE_ENCODER_ONLY_PARAMS = frozenset(
+    {"num_encoder_layers", "pc_size", "pc_sharpedge_size", "point_feats", "downsample_ratio", "use_ln_post"}
+)
+
+
 def _parse_vae(section: dict[str, Any]) -> VAEConfig:
     name = _class_name(section, "vae")
     if name != "ShapeVAE":
         raise UnsupportedModelError(f"vae target {name!r} is not supported; expected ShapeVAE")
     # label_type and drop_path_rate only matter in training.
     params = _known_params(
-        VAEConfig, dict(section.get("params") or {}), "vae", frozenset({"label_type", "drop_path_rate"})
+        VAEConfig,
+        dict(section.get("params") or {}),
+        "vae",
+        frozenset({"label_type", "drop_path_rate", "ckpt_path"}) | VAE_ENCODER_ONLY_PARAMS,
     )
     return VAEConfig(**params)
 
@@ -353,8 +457,10 @@ _DINOV2_GIANT: dict[str, Any] = {
     "use_swiglu_ffn": True,
 }
 
+_V2_0_DIT = DiTConfig()  # typed as the 2.0 DiT (ShapeModelConfig.dit is the union of both generations)
+
 _V2_0 = ShapeModelConfig(
-    dit=DiTConfig(),
+    dit=_V2_0_DIT,
     vae=VAEConfig(
         num_latents=3072,
         embed_dim=64,
@@ -371,6 +477,23 @@ _V2_0 = ShapeModelConfig(
     name="hunyuan3d-dit-v2-0",
 )
 
+# Hunyuan3D-2.1 (tencent/Hunyuan3D-2.1 hunyuan3d-dit-v2-1): DINOv2-large (no SwiGLU), 4,096 latents.
+# Values from the official hy3dshape configs (configs/hunyuandit-finetuning-...-4096.yaml, the released model).
+_DINOV2_LARGE: dict[str, Any] = {
+    **_DINOV2_GIANT,
+    "hidden_size": 1024,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 24,
+    "use_swiglu_ffn": False,
+}
+
+_V2_1 = ShapeModelConfig(
+    dit=DiTV21Config(),
+    vae=replace(_V2_0.vae, num_latents=4096, scale_factor=1.0039506158752403),
+    conditioner=ConditionerConfig(dinov2=_DINOV2_LARGE, image_size=518),
+    name="hunyuan3d-dit-v2-1",
+)
+
 _TURBO_VAE: dict[str, Any] = {
     "geo_decoder_downsample_ratio": 2,
     "geo_decoder_mlp_expand_ratio": 1,
@@ -379,9 +502,10 @@ _TURBO_VAE: dict[str, Any] = {
 
 # Mini: half the DiT blocks and a sixth of the latents, the same DINOv2-giant. The conditioning size and
 # border of mini and mini-fast are v2-0's here: no copy of their released config was at hand to confirm them.
+_MINI_DIT = replace(_V2_0_DIT, depth=8, depth_single_blocks=16)
 _MINI = replace(
     _V2_0,
-    dit=replace(_V2_0.dit, depth=8, depth_single_blocks=16),
+    dit=_MINI_DIT,
     vae=replace(_V2_0.vae, num_latents=512, scale_factor=1.0188137142395404),
     name="hunyuan3d-dit-v2-mini",
 )
@@ -389,18 +513,18 @@ _MINI = replace(
 NAMED_CONFIGS: dict[str, ShapeModelConfig] = {
     "hunyuan3d-dit-v2-0": _V2_0,
     "hunyuan3d-dit-v2-0-fast": replace(
-        _V2_0, dit=replace(_V2_0.dit, guidance_embed=True), name="hunyuan3d-dit-v2-0-fast"
+        _V2_0, dit=replace(_V2_0_DIT, guidance_embed=True), name="hunyuan3d-dit-v2-0-fast"
     ),
     "hunyuan3d-dit-v2-0-turbo": replace(
         _V2_0,
-        dit=replace(_V2_0.dit, guidance_embed=True),
+        dit=replace(_V2_0_DIT, guidance_embed=True),
         vae=replace(_V2_0.vae, **_TURBO_VAE),
         scheduler=SchedulerConfig(kind="consistency_flow_match_euler"),
         name="hunyuan3d-dit-v2-0-turbo",
     ),
     "hunyuan3d-dit-v2-mini": _MINI,
     "hunyuan3d-dit-v2-mini-fast": replace(
-        _MINI, dit=replace(_MINI.dit, guidance_embed=True), name="hunyuan3d-dit-v2-mini-fast"
+        _MINI, dit=replace(_MINI_DIT, guidance_embed=True), name="hunyuan3d-dit-v2-mini-fast"
     ),
     # Copies of the released mini-turbo config condition DINOv2 at 1022 px (73 x 73 patches + CLS = 5,330
     # tokens, position embeddings interpolated from 37 x 37), recentre without a border and sample the
@@ -408,12 +532,13 @@ NAMED_CONFIGS: dict[str, ShapeModelConfig] = {
     # is a separate folder). Not checked against the file on the hub.
     "hunyuan3d-dit-v2-mini-turbo": replace(
         _MINI,
-        dit=replace(_MINI.dit, guidance_embed=True),
+        dit=replace(_MINI_DIT, guidance_embed=True),
         conditioner=replace(_MINI.conditioner, image_size=1022),
         scheduler=SchedulerConfig(kind="consistency_flow_match_euler", pcm_timesteps=100),
         image_processor=ImageProcessorConfig(border_ratio=0.0),
         name="hunyuan3d-dit-v2-mini-turbo",
     ),
+    "hunyuan3d-dit-v2-1": _V2_1,
 }
 
 

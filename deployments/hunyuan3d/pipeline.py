@@ -28,9 +28,10 @@ from torch import Tensor
 from .acceleration import AccelerationOptions, DiTStep, compile_module, dit_step, sdpa_context
 from .checkpoint import COMPONENTS, convert_checkpoint, find_weight_file, iter_checkpoint, load_strict, read_checkpoint
 from .conditioner import ImageConditioner
-from .config import SchedulerConfig, ShapeModelConfig, named_config
+from .config import DiTConfig, SchedulerConfig, ShapeModelConfig, named_config
 from .device_marching_cubes import marching_cubes_on_device
 from .dit import Hunyuan3DDiT
+from .dit_v21 import HunYuanDiTPlain
 from .image_processing import ImageProcessor
 from .meta_init import check_materialised, parameters_on_meta
 from .params import GenerationParams
@@ -42,6 +43,9 @@ from .volume import SparseVolume, decode_dense, decode_hierarchical
 
 # how from_pretrained builds the modules (see there)
 InitMode = Literal["meta", "eager"]
+# Both DiT generations share the sampler contract: embed_condition(tokens) and
+# forward(latents, t, cond, guidance, *, cond_copies=..., cond_embedded=...)
+ShapeDiT = Hunyuan3DDiT | HunYuanDiTPlain
 
 STAGES = ("preprocess", "conditioner", "diffusion", "vae", "volume_decoding", "surface_extraction")
 
@@ -113,7 +117,7 @@ class ShapePipeline:
     def __init__(
         self,
         config: ShapeModelConfig,
-        dit: Hunyuan3DDiT,
+        dit: ShapeDiT,
         vae: ShapeVAEDecoder,
         conditioner: ImageConditioner,
         device: str | torch.device = "cpu",
@@ -170,14 +174,14 @@ class ShapePipeline:
         components = COMPONENTS if own_vae else ("model", "conditioner")
         if init == "eager":
             dit, vae_module, conditioner = _build_modules(config)
-            weights = convert_checkpoint(read_checkpoint(model_file, components=components))
+            weights = convert_checkpoint(read_checkpoint(model_file, components=components), dit=config.dit)
             if not own_vae:
                 weights["vae"] = _read_vae_weights(vae_source)
             assign = False
         else:
             with parameters_on_meta():
                 dit, vae_module, conditioner = _build_modules(config)
-            weights = convert_checkpoint(iter_checkpoint(model_file, components=components), dtype, target)
+            weights = convert_checkpoint(iter_checkpoint(model_file, components=components), dtype, target, config.dit)
             if not own_vae:
                 weights["vae"] = _read_vae_weights(vae_source, dtype, target)
             assign = True
@@ -390,8 +394,10 @@ def _read_vae_weights(
     return convert_checkpoint(items, dtype, device)["vae"]
 
 
-def _build_modules(config: ShapeModelConfig) -> tuple[Hunyuan3DDiT, ShapeVAEDecoder, ImageConditioner]:
-    return Hunyuan3DDiT(config.dit), ShapeVAEDecoder(config.vae), ImageConditioner(config.conditioner)
+def _build_modules(config: ShapeModelConfig) -> tuple[ShapeDiT, ShapeVAEDecoder, ImageConditioner]:
+    # the DiT generation follows the config's type (its target class in config.yaml)
+    dit = Hunyuan3DDiT(config.dit) if isinstance(config.dit, DiTConfig) else HunYuanDiTPlain(config.dit)
+    return dit, ShapeVAEDecoder(config.vae), ImageConditioner(config.conditioner)
 
 
 def _default_dtype(device: str | torch.device) -> torch.dtype:

@@ -1,0 +1,290 @@
+"""Build a TINY random-weight Hunyuan3D-2.1 checkpoint with the OFFICIAL hy3dshape classes, and its references.
+
+Runs in the REFERENCE venv (tests/parity/README.md) with the official Hunyuan3D-2.1 ``hy3dshape`` package on
+PYTHONPATH (it needs timm), never in the project venv:
+
+    PYTHONPATH=/path/to/Hunyuan3D-2.1/hy3dshape /tmp/refvenv/bin/python tests/parity/make_tiny_v21.py
+
+Writes, in the released tencent/Hunyuan3D-2.1 layout:
+
+    configs/models/tiny-Hunyuan3D-2.1/hunyuan3d-dit-v2-1/config.yaml
+    configs/models/tiny-Hunyuan3D-2.1/hunyuan3d-dit-v2-1/model.fp16.ckpt   ({model, vae, conditioner}, fp16;
+                                                                          the VAE INCLUDING its encoder, as released)
+    tests/fixtures/parity/references_v21.json / references_v21.npz
+
+Every module is built by the official classes through hy3dshape's ``instantiate_from_config`` from the config
+written to config.yaml, then made non-trivial exactly as the 2.0 tiny checkpoints are (imported from
+make_tiny_checkpoints.py: constant parameters perturbed, VAE decoder tuned to a smooth surface), plus a
+per-expert offset of the MoE gate so that routing is not uniform. The references come from the official
+``Hunyuan3DDiTFlowMatchingPipeline.from_single_file`` (fp32, CPU) called as a user would; extra DiT- and
+MoE-level references come from the official modules' own forward. Only environment change: the pymeshlab
+import stub of _refenv.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+import torch
+import yaml
+from _refenv import IMAGES_DIR, PARITY_DIR, REPO_ROOT, install_pymeshlab_stub
+from make_tiny_checkpoints import _BlockDumper, perturb_constant_params, tune_vae
+
+SEED = 20250618
+TINY_V21_ROOT = os.path.join(REPO_ROOT, "configs", "models", "tiny-Hunyuan3D-2.1")
+FOLDER = "hunyuan3d-dit-v2-1"
+DINO_HIDDEN = 48
+DIT_HIDDEN = 64
+VAE_EMBED = 8
+
+# DINOv2-L style (plain MLP, no SwiGLU), tiny sizes; 518 px -> 1,370 tokens as in the real model
+DINOV2_CONFIG = {
+    "attention_probs_dropout_prob": 0.0,
+    "drop_path_rate": 0.0,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.0,
+    "hidden_size": DINO_HIDDEN,
+    "image_size": 518,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1.0e-6,
+    "layerscale_value": 1.0,
+    "mlp_ratio": 4,
+    "model_type": "dinov2",
+    "num_attention_heads": 3,
+    "num_channels": 3,
+    "num_hidden_layers": 2,
+    "patch_size": 14,
+    "qkv_bias": True,
+    "torch_dtype": "float32",
+    "use_swiglu_ffn": False,
+}
+
+CONFIG = {
+    "model": {
+        "target": "hy3dshape.models.denoisers.hunyuandit.HunYuanDiTPlain",
+        "params": {
+            "input_size": 128,
+            "in_channels": VAE_EMBED,
+            "hidden_size": DIT_HIDDEN,
+            "context_dim": DINO_HIDDEN,
+            "depth": 5,  # odd like the real 21: 2 skip sources, a middle block, 2 skip sinks
+            "num_heads": 4,
+            "qk_norm": True,
+            "text_len": 1370,
+            "with_decoupled_ca": False,
+            "use_attention_pooling": False,
+            "qk_norm_type": "rms",
+            "qkv_bias": False,
+            "use_pos_emb": False,
+            "num_moe_layers": 2,
+            "num_experts": 4,
+            "moe_top_k": 2,
+        },
+    },
+    "vae": {
+        "target": "hy3dshape.models.autoencoders.ShapeVAE",
+        "params": {
+            "num_latents": 128,
+            "embed_dim": VAE_EMBED,
+            "num_freqs": 8,
+            "include_pi": False,
+            "heads": 2,
+            "width": 32,
+            "num_encoder_layers": 1,
+            "num_decoder_layers": 2,
+            "qkv_bias": False,
+            "qk_norm": True,
+            "scale_factor": 1.0039506158752403,
+            "geo_decoder_mlp_expand_ratio": 4,
+            "geo_decoder_downsample_ratio": 1,
+            "geo_decoder_ln_post": True,
+            "point_feats": 4,
+            "pc_size": 512,
+            "pc_sharpedge_size": 0,
+        },
+    },
+    "conditioner": {
+        "target": "hy3dshape.models.conditioner.SingleImageEncoder",
+        "params": {
+            "main_image_encoder": {
+                "type": "DinoImageEncoder",
+                "kwargs": {"config": copy.deepcopy(DINOV2_CONFIG), "image_size": 518, "use_cls_token": True},
+            }
+        },
+    },
+    "scheduler": {
+        "target": "hy3dshape.schedulers.FlowMatchEulerDiscreteScheduler",
+        "params": {"num_train_timesteps": 1000},
+    },
+    "image_processor": {
+        "target": "hy3dshape.preprocessors.ImageProcessorV2",
+        "params": {"size": 512, "border_ratio": 0.15},
+    },
+    "pipeline": {"target": "hy3dshape.pipelines.Hunyuan3DDiTFlowMatchingPipeline"},
+}
+
+HEADER = """\
+# TINY random-weight test model in the released Hunyuan3D-2.1 layout
+# (tencent/Hunyuan3D-2.1/{folder}/config.yaml).  NOT a real model: generated by
+# tests/parity/make_tiny_v21.py with the official hy3dshape classes, seed {seed};
+# weights in model.fp16.ckpt next to this file.
+"""
+
+COMMON = {"num_inference_steps": 5, "guidance_scale": 5.0, "box_v": 1.01, "mc_level": 0.0, "num_chunks": 8000}
+IMAGES = ["object_rgba.png", "plain_rgb.png"]
+SEEDS = [0, 1]
+RESOLUTION = 32
+GATE_BIAS_GAIN = 2.0
+
+
+def build(seed: int):
+    from hy3dshape.pipelines import instantiate_from_config
+
+    torch.manual_seed(seed)
+    return tuple(instantiate_from_config(copy.deepcopy(CONFIG[s])) for s in ("model", "vae", "conditioner"))
+
+
+@torch.no_grad()
+def skew_gates(model, seed: int) -> None:
+    """Random gates route near-uniformly (top-2 picks flip on float noise); add a per-expert direction so the
+    choice is decided by a clear margin for most tokens and differs between tokens."""
+    g = torch.Generator().manual_seed(seed + 11)
+    for block in model.blocks:
+        if block.use_moe:
+            w = block.moe.gate.weight
+            w.add_(GATE_BIAS_GAIN * torch.randn(w.shape, generator=g) / w.shape[1] ** 0.5)
+
+
+def write_folder(model, vae, conditioner, seed: int) -> str:
+    folder = os.path.join(TINY_V21_ROOT, FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.yaml"), "w") as f:
+        f.write(HEADER.format(folder=FOLDER, seed=seed))
+        for i, section in enumerate(CONFIG):
+            if i:
+                f.write("\n")
+            yaml.dump({section: CONFIG[section]}, f, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False)
+    ckpt = {
+        name: {k: v.detach().to(torch.float16).contiguous().clone() for k, v in module.state_dict().items()}
+        for name, module in (("model", model), ("vae", vae), ("conditioner", conditioner))
+    }
+    path = os.path.join(folder, "model.fp16.ckpt")
+    torch.save(ckpt, path)
+    return path
+
+
+def load_official(path: str):
+    from hy3dshape.pipelines import Hunyuan3DDiTFlowMatchingPipeline
+
+    return Hunyuan3DDiTFlowMatchingPipeline.from_single_file(
+        path, os.path.join(os.path.dirname(path), "config.yaml"), device="cpu", dtype=torch.float32
+    )
+
+
+def open_image(name: str):
+    from PIL import Image
+
+    image = Image.open(os.path.join(IMAGES_DIR, name))
+    image.load()
+    return image
+
+
+@torch.no_grad()
+def run(pipe, images: list[str], seeds: list[int]):
+    latents = pipe(
+        image=[open_image(n) for n in images] if len(images) > 1 else open_image(images[0]),
+        num_inference_steps=COMMON["num_inference_steps"],
+        guidance_scale=COMMON["guidance_scale"],
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        output_type="latent",
+        enable_pbar=False,
+    )
+    meshes = pipe._export(
+        latents,
+        "trimesh",
+        COMMON["box_v"],
+        COMMON["mc_level"],
+        COMMON["num_chunks"],
+        RESOLUTION,
+        None,
+        enable_pbar=False,
+    )
+    return latents, meshes
+
+
+@torch.no_grad()
+def dit_references(pipe, arrays: dict) -> dict:
+    """The official DiT and one official MoE layer on fixed random inputs (fp32)."""
+    g = torch.Generator().manual_seed(SEED + 5)
+    model = pipe.model
+    x = torch.randn(2, 128, VAE_EMBED, generator=g)
+    t = torch.tensor([0.25, 0.75])
+    cond = torch.randn(2, 300, DINO_HIDDEN, generator=g)  # any token count; fewer keep the fixture small
+    arrays["dit__x"], arrays["dit__t"], arrays["dit__cond"] = x.numpy(), t.numpy(), cond.numpy()
+    arrays["dit__out"] = model(x, t, {"main": cond}).numpy()
+    # the official CFG negative: T zero tokens from the conditioner itself
+    uncond = pipe.conditioner.unconditional_embedding(2)["main"]
+    arrays["dit__out_uncond"] = model(x, t, {"main": uncond}).numpy()
+    moe_layer = next(i for i, b in enumerate(model.blocks) if b.use_moe)
+    tokens = torch.randn(2, 129, DIT_HIDDEN, generator=g)
+    arrays["moe__in"] = tokens.numpy()
+    arrays["moe__out"] = model.blocks[moe_layer].moe(tokens).numpy()
+    topk_idx, _, _ = model.blocks[moe_layer].moe.gate(tokens)
+    counts = torch.bincount(topk_idx.flatten(), minlength=model.blocks[moe_layer].moe.gate.n_routed_experts)
+    return {"uncond_tokens": int(uncond.shape[1]), "moe_layer": moe_layer, "moe_expert_counts": counts.tolist()}
+
+
+def mesh_record(mesh, key: str, arrays: dict) -> dict:
+    arrays[f"{key}__vertices"] = np.asarray(mesh.vertices, dtype=np.float64)
+    arrays[f"{key}__faces"] = np.asarray(mesh.faces, dtype=np.int64)
+    return {"num_vertices": len(mesh.vertices), "num_faces": len(mesh.faces), "area": float(mesh.area)}
+
+
+def main() -> int:
+    install_pymeshlab_stub()
+    torch.set_num_threads(1)
+    model, vae, conditioner = build(SEED)
+    for offset, module in enumerate((model, vae, conditioner)):
+        perturb_constant_params(module, SEED + 101 + offset)
+    skew_gates(model, SEED)
+    tune_vae(vae, SEED)
+    path = write_folder(model, vae, conditioner, SEED)
+    raw = torch.load(path, weights_only=True)
+    assert any(k.startswith("encoder.") for k in raw["vae"]), "the released VAE layout keeps its encoder"
+
+    pipe = load_official(path)  # model and conditioner strict, VAE non-strict (the official loader)
+    arrays: dict = {}
+    refs: dict = {"common": {**COMMON, "octree_resolution": RESOLUTION}, "seed": SEED, "single": {}, "batched": {}}
+    refs["checkpoint_bytes"] = os.path.getsize(path)
+    refs["params"] = {k: int(sum(v.numel() for v in sd.values())) for k, sd in raw.items()}
+    refs["dit"] = dit_references(pipe, arrays)
+    for image in IMAGES:
+        for seed in SEEDS:
+            key = f"single_{image.split('.')[0]}_s{seed}"
+            latents, meshes = run(pipe, [image], [seed])
+            arrays[f"{key}__latents"] = latents.numpy()
+            refs["single"][key] = {"image": image, "seed": seed, "mesh": mesh_record(meshes[0], key, arrays)}
+            assert refs["single"][key]["mesh"]["num_faces"] >= 500, refs["single"][key]
+    latents, meshes = run(pipe, IMAGES, SEEDS)
+    arrays["batched__latents"] = latents.numpy()
+    refs["batched"] = {
+        "images": IMAGES,
+        "seeds": SEEDS,
+        "meshes": [mesh_record(m, f"batched_{i}", arrays) for i, m in enumerate(meshes)],
+    }
+    os.makedirs(PARITY_DIR, exist_ok=True)
+    np.savez_compressed(os.path.join(PARITY_DIR, "references_v21.npz"), **arrays)
+    with open(os.path.join(PARITY_DIR, "references_v21.json"), "w") as f:
+        json.dump(refs, f, indent=1)
+    print(json.dumps({k: v for k, v in refs.items() if k != "single"}, indent=1))
+    print({k: v["mesh"] for k, v in refs["single"].items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
