@@ -13,23 +13,27 @@ from typing import Generic, TypeVar
 
 import torch
 
-from .contract import GenerationRequest
+from .contract import GenerationRequest, ViewName
 from .hunyuan3d.params import GenerationParams
 
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
 
 
-def batch_key(request: GenerationRequest) -> GenerationParams:
+BatchKey = tuple[GenerationParams, tuple[ViewName, ...]]
+
+
+def batch_key(request: GenerationRequest) -> BatchKey:
     """What must be equal for two requests to share one forward pass.
 
     The model is fixed per replica (one ``ShapePipeline``; another model is another deployment). The
     pipeline takes ONE ``GenerationParams`` per call: steps and guidance shape the denoising loop, octree
     resolution, box and decoder shape the volume, the iso level drives hierarchical refinement, and the
-    chunk size is a single loop bound. So the whole (frozen, hashable) parameter set is the key; seeds and
-    images are per item.
+    chunk size is a single loop bound. So the whole (frozen, hashable) parameter set is in the key; seeds and
+    images are per item. So is the view set (front first): a multiview condition has one block of tokens per
+    view, and one call conditions every job on the same number of tokens, with the same view embeddings.
     """
-    return request.params
+    return request.params, request.view_names
 
 
 def group_positions(keys: Sequence[K]) -> list[list[int]]:

@@ -1,9 +1,10 @@
 """The replica's work, without Ray: one model copy, one GPU pass at a time, CPU work overlapping it.
 
 A batch goes through three steps:
-  1. prepare (worker thread): decode each image, remove its background where its job asks (one remover
-     call for the batch), and run the pipeline's preprocessing on it alone, so a bad image fails only its
-     request; the pixels it makes are the ones the GPU pass uses (once per job);
+  1. prepare (worker thread): decode each image (every named view of a multiview job), remove its background
+     where its job asks (one remover call for the batch), and run the pipeline's preprocessing on it alone, so
+     a bad image fails only its request; the pixels it makes are the ones the GPU pass uses (once per job). A
+     job naming views its model does not take fails here, alone;
   2. GPU pass (worker thread, under the GPU lock): one ``generate_volumes`` call per batch key, halved on
      out-of-memory (``run_bisecting``);
   3. CPU pass (worker thread, GPU lock released): marching cubes, each job's mesh clean-up (floaters,
@@ -31,6 +32,7 @@ from .background import BackgroundRemover, cut_out
 from .batching import Bisection, batch_key, group_positions, run_bisecting
 from .contract import (
     CANONICAL_FORMAT,
+    FRONT_VIEW,
     ErrorCode,
     GenerationError,
     GenerationRequest,
@@ -39,6 +41,7 @@ from .contract import (
     Outcome,
 )
 from .hunyuan3d import STAGES, EmptySurfaceError, GenerationParams, ShapePipeline, StageTimings
+from .hunyuan3d.multiview import Pixels, cat_pixels
 from .image_input import decode_image
 from .mesh_cleanup import clean_mesh
 from .mesh_io import export_mesh, mesh_stats
@@ -81,7 +84,7 @@ class _Pass:
 
     record: PassRecord
     items: list[Queued]
-    pixels: list[Tensor]  # one preprocessed (1, 3, S, S) image per item
+    pixels: list[Pixels]  # per item: one preprocessed (1, 3, S, S) image, or its (1, V, 3, S, S) views
     params: GenerationParams
     timings: StageTimings = field(default_factory=StageTimings)
     bisection: Bisection[Tensor] | None = None
@@ -169,40 +172,64 @@ class GenerationEngine:
 
     # --- steps --------------------------------------------------------------------------------------------
 
-    def _prepare(self, queued: Sequence[Queued]) -> tuple[list[Tensor | GenerationError], dict[str, float]]:
+    def _prepare(self, queued: Sequence[Queued]) -> tuple[list[Pixels | GenerationError], dict[str, float]]:
         """Decode, cut out and preprocess each image alone (worker thread); also the seconds per step.
 
-        Alone, so one unusable image fails only its own request; the pixels are the GPU pass's input.
+        Alone, so one unusable image (or view) fails only its own request; the pixels are the GPU pass's input.
         """
         timings = StageTimings()
-        prepared: list[Tensor | Image.Image | GenerationError] = []
-        for waiting in queued:
-            try:
-                prepared.append(decode_image(waiting.request.image, waiting.request.job_id))
-            except GenerationError as exc:
-                prepared.append(exc)
-        decoded = [i for i, item in enumerate(prepared) if isinstance(item, Image.Image)]
-        if self.remover is not None and decoded:
+        # per request: its decoded views by name (front first), then its pixels; or its error
+        prepared: list[dict[str, Image.Image] | Pixels | GenerationError] = [self._decode(q.request) for q in queued]
+        decoded = {i: item for i, item in enumerate(prepared) if isinstance(item, dict)}
+        slots = [(i, name) for i, views in decoded.items() for name in views]  # every view of every request
+        if self.remover is not None and slots:
             with timings.stage("background_removal"):
                 cut = cut_out(
-                    [prepared[i] for i in decoded],  # type: ignore[misc]
-                    [queued[i].request.remove_background for i in decoded],
+                    [decoded[i][name] for i, name in slots],
+                    [queued[i].request.remove_background for i, _ in slots],
                     self.remover,
                     self.min_foreground_fraction,
                 )
-            for i, outcome in zip(decoded, cut, strict=True):
-                prepared[i] = outcome if isinstance(outcome, Image.Image) else _with_job_id(outcome, queued[i])
+            for (i, name), outcome in zip(slots, cut, strict=True):
+                if prepared[i] is not decoded[i]:
+                    continue  # another view of this request already failed it
+                if isinstance(outcome, Image.Image):
+                    decoded[i][name] = outcome
+                else:
+                    prepared[i] = _with_job_id(_naming_view(outcome, name, queued[i].request), queued[i])
         with timings.stage("preprocess"):
             for i, item in enumerate(prepared):
-                if isinstance(item, Image.Image):
-                    try:
-                        prepared[i] = self.pipeline.image_processor(item)
-                    except ValueError as exc:  # EmptyImageError: nothing visible to reconstruct
-                        prepared[i] = GenerationError(ErrorCode.INVALID_IMAGE, str(exc), queued[i].request.job_id)
+                if isinstance(item, dict):
+                    prepared[i] = self._preprocess(item, queued[i].request)
         return prepared, timings.seconds  # type: ignore[return-value]
 
+    def _decode(self, request: GenerationRequest) -> dict[str, Image.Image] | GenerationError:
+        """Every view of ``request`` decoded, front first; a view its model does not take fails the request."""
+        accepted = self.pipeline.view_names
+        unsupported = [name for name in request.view_names if name not in accepted]
+        if unsupported:
+            takes = "only the front view" if len(accepted) == 1 else f"the views {list(accepted)}"
+            message = f"model {self.pipeline.name} takes {takes}; this job also sends {unsupported}"
+            return GenerationError(ErrorCode.INVALID_REQUEST, message, request.job_id)
+        views: dict[str, Image.Image] = {}
+        for name in request.view_names:
+            data = request.image if name == FRONT_VIEW else request.views[name]
+            try:
+                views[name] = decode_image(data, request.job_id)
+            except GenerationError as exc:
+                return _naming_view(exc, name, request)
+        return views
+
+    def _preprocess(self, views: dict[str, Image.Image], request: GenerationRequest) -> Pixels | GenerationError:
+        try:
+            if request.views:  # a multiview job: (1, V, 3, S, S), views in model order
+                return self.pipeline.view_processor(views)
+            return self.pipeline.image_processor(views[FRONT_VIEW])
+        except ValueError as exc:  # EmptyImageError: nothing visible to reconstruct (the view is named)
+            return GenerationError(ErrorCode.INVALID_IMAGE, str(exc), request.job_id)
+
     def _new_pass(
-        self, path: PassPath, items: list[Queued], pixels: list[Tensor], prepare_timings: dict[str, float]
+        self, path: PassPath, items: list[Queued], pixels: list[Pixels], prepare_timings: dict[str, float]
     ) -> _Pass:
         record = PassRecord(path, len(items), [q.request.job_id for q in items], waiting_since=time.monotonic())
         job = _Pass(record, items, pixels, items[0].request.params)
@@ -239,7 +266,7 @@ class GenerationEngine:
                 raise torch.cuda.OutOfMemoryError(
                     f"injected by the test hook: batch of {len(positions)} > {self.inject_oom_above}"
                 )
-            pixels = torch.cat([job.pixels[i] for i in positions])
+            pixels = cat_pixels([job.pixels[i] for i in positions])  # one view set: the batch key holds it
             return self.pipeline.generate_volumes(pixels, [seeds[i] for i in positions], job.params, job.timings)
 
         return run_bisecting(range(len(job.items)), run, free_cached_memory)
@@ -338,3 +365,10 @@ class GenerationEngine:
 
 def _with_job_id(error: GenerationError, queued: Queued) -> GenerationError:
     return GenerationError(error.code, error.message, queued.request.job_id)
+
+
+def _naming_view(error: GenerationError, name: str, request: GenerationRequest) -> GenerationError:
+    """A multiview job's error says which view caused it (a single-image job's message stays as it was)."""
+    if not request.views:
+        return error
+    return GenerationError(error.code, f"view {name!r}: {error.message}", request.job_id)

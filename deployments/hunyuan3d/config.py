@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 SchedulerKind = Literal["flow_match_euler", "consistency_flow_match_euler"]
+# The official MVImageProcessorV2 knows four views (front, left, back, right: indices 0-3).
+MAX_VIEWS = 4
 
 
 class UnsupportedModelError(ValueError):
-    """The config names a model family this project does not implement (e.g. multiview)."""
+    """The config names a model family or class this project does not implement."""
 
 
 @dataclass(frozen=True)
@@ -161,13 +163,29 @@ class VAEConfig:
 
 @dataclass(frozen=True)
 class ConditionerConfig:
-    """DINOv2 image encoder; ``dinov2`` is the inline ``Dinov2Config`` dict of the release."""
+    """DINOv2 image encoder; ``dinov2`` is the inline ``Dinov2Config`` dict of the release.
+
+    ``view_num``: ``None`` for the single-image ``DinoImageEncoder``; for the multiview ``DinoImageEncoderMV``
+    (Hunyuan3D-2mv) the number of view embeddings it holds (views 0 .. view_num - 1, front first).
+    """
 
     dinov2: dict[str, Any] = field(default_factory=dict)
     image_size: int = 518
     use_cls_token: bool = True
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    view_num: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.view_num is not None and not 1 <= self.view_num <= MAX_VIEWS:
+            raise ValueError(f"view_num must be between 1 and {MAX_VIEWS}, got {self.view_num}")
+        if self.view_num is not None and not self.use_cls_token:
+            # the official multiview encoder always keeps CLS but sizes its tokens without it: it cannot run
+            raise UnsupportedModelError("DinoImageEncoderMV with use_cls_token false does not run upstream either")
+
+    @property
+    def multiview(self) -> bool:
+        return self.view_num is not None
 
     @property
     def hidden_size(self) -> int:
@@ -175,6 +193,7 @@ class ConditionerConfig:
 
     @property
     def num_tokens(self) -> int:
+        """Tokens per view (a multiview condition has this many per view it was given)."""
         patch = int(self.dinov2.get("patch_size", 14))
         return (self.image_size // patch) ** 2 + (1 if self.use_cls_token else 0)
 
@@ -188,8 +207,11 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class ImageProcessorConfig:
+    """``multiview``: ``MVImageProcessorV2`` (each named view processed like one image, views in model order)."""
+
     size: int = 512
     border_ratio: float = 0.15
+    multiview: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,14 +233,23 @@ class ShapeModelConfig:
                 f"DiT context_in_dim ({self.dit.context_in_dim}) must equal the image encoder width "
                 f"({self.conditioner.hidden_size})"
             )
+        if self.conditioner.multiview != self.image_processor.multiview:
+            raise ValueError(
+                "DinoImageEncoderMV and MVImageProcessorV2 go together (a multiview model needs both, "
+                "a single-image model neither)"
+            )
 
     @property
     def view_names(self) -> tuple[str, ...]:
         """The named views a job may send this model (``deployments.contract.VIEW_NAMES`` order, front first).
 
-        Single-image models take the front view only.
+        Single-image models take the front view only; a multiview model the first ``view_num`` of the four.
         """
-        return ("front",)
+        from deployments.contract import FRONT_VIEW, VIEW_NAMES  # here: the contract module imports this package
+
+        if self.conditioner.view_num is None:
+            return (FRONT_VIEW,)
+        return VIEW_NAMES[: self.conditioner.view_num]
 
     @property
     def uses_cfg(self) -> bool:
@@ -271,6 +302,14 @@ class ShapeModelConfig:
             dit_target = "hy3dgen.shapegen.models.Hunyuan3DDiT"
         else:
             dit_target = "hy3dshape.models.denoisers.hunyuandit.HunYuanDiTPlain"
+        encoder_kwargs: dict[str, Any] = {
+            "config": dict(self.conditioner.dinov2),
+            "image_size": self.conditioner.image_size,
+            "use_cls_token": self.conditioner.use_cls_token,
+        }
+        if self.conditioner.view_num is not None:
+            encoder_kwargs["view_num"] = self.conditioner.view_num
+        processor = "MVImageProcessorV2" if self.image_processor.multiview else "ImageProcessorV2"
         return {
             "model": {"target": dit_target, "params": dit},
             "vae": {"target": "hy3dgen.shapegen.models.ShapeVAE", "params": asdict(self.vae)},
@@ -278,19 +317,15 @@ class ShapeModelConfig:
                 "target": "hy3dgen.shapegen.models.SingleImageEncoder",
                 "params": {
                     "main_image_encoder": {
-                        "type": "DinoImageEncoder",
-                        "kwargs": {
-                            "config": dict(self.conditioner.dinov2),
-                            "image_size": self.conditioner.image_size,
-                            "use_cls_token": self.conditioner.use_cls_token,
-                        },
+                        "type": "DinoImageEncoderMV" if self.conditioner.multiview else "DinoImageEncoder",
+                        "kwargs": encoder_kwargs,
                     }
                 },
             },
             "scheduler": {"target": f"hy3dgen.shapegen.schedulers.{scheduler_target}", "params": scheduler_params},
             "image_processor": {
-                "target": "hy3dgen.shapegen.preprocessors.ImageProcessorV2",
-                "params": asdict(self.image_processor),
+                "target": f"hy3dgen.shapegen.preprocessors.{processor}",
+                "params": {"size": self.image_processor.size, "border_ratio": self.image_processor.border_ratio},
             },
         }
 
@@ -383,13 +418,10 @@ def _parse_conditioner(section: dict[str, Any]) -> ConditionerConfig:
         )
     encoder = (section.get("params") or {}).get("main_image_encoder") or {}
     encoder_type = encoder.get("type")
-    if encoder_type == "DinoImageEncoderMV":
+    if encoder_type not in ("DinoImageEncoder", "DinoImageEncoderMV"):
         raise UnsupportedModelError(
-            "multiview (mv) Hunyuan3D-2 models are not supported: use a single-image model such as "
-            "hunyuan3d-dit-v2-0, -v2-0-fast, -v2-0-turbo or hunyuan3d-dit-v2-mini"
+            f"image encoder type {encoder_type!r} is not supported; expected DinoImageEncoder or DinoImageEncoderMV"
         )
-    if encoder_type != "DinoImageEncoder":
-        raise UnsupportedModelError(f"image encoder type {encoder_type!r} is not supported; expected DinoImageEncoder")
     kwargs = encoder.get("kwargs") or {}
     if kwargs.get("config") is None:
         raise ValueError("the DINOv2 encoder needs an inline 'config' dict (loading by 'version' name needs the hub)")
@@ -397,6 +429,8 @@ def _parse_conditioner(section: dict[str, Any]) -> ConditionerConfig:
         dinov2=dict(kwargs["config"]),
         image_size=int(kwargs.get("image_size", 224)),
         use_cls_token=bool(kwargs.get("use_cls_token", True)),
+        # the official DinoImageEncoderMV defaults view_num to 4
+        view_num=int(kwargs.get("view_num", MAX_VIEWS)) if encoder_type == "DinoImageEncoderMV" else None,
     )
 
 
@@ -424,14 +458,16 @@ def _parse_image_processor(section: dict[str, Any] | None) -> ImageProcessorConf
     if section is None:
         return ImageProcessorConfig()
     name = _class_name(section, "image_processor")
-    if name == "MVImageProcessorV2":
-        raise UnsupportedModelError("multiview (mv) image processors are not supported")
-    if name != "ImageProcessorV2":
-        raise UnsupportedModelError(f"image processor {name!r} is not supported; expected ImageProcessorV2")
+    if name not in ("ImageProcessorV2", "MVImageProcessorV2"):
+        raise UnsupportedModelError(
+            f"image processor {name!r} is not supported; expected ImageProcessorV2 or MVImageProcessorV2"
+        )
     params = dict(section.get("params") or {})
     border = params.get("border_ratio")
     return ImageProcessorConfig(
-        size=int(params.get("size", 512)), border_ratio=0.15 if border is None else float(border)
+        size=int(params.get("size", 512)),
+        border_ratio=0.15 if border is None else float(border),
+        multiview=name == "MVImageProcessorV2",
     )
 
 
@@ -540,6 +576,26 @@ NAMED_CONFIGS: dict[str, ShapeModelConfig] = {
     ),
     "hunyuan3d-dit-v2-1": _V2_1,
 }
+
+
+def _multiview(base: ShapeModelConfig, name: str) -> ShapeModelConfig:
+    return replace(
+        base,
+        conditioner=replace(base.conditioner, view_num=MAX_VIEWS),
+        image_processor=replace(base.image_processor, multiview=True),
+        name=name,
+    )
+
+
+# Hunyuan3D-2mv: the v2-0 DiT and VAE (the official pipeline pairs tencent/Hunyuan3D-2mv with the
+# hunyuan3d-vae-v2-0 VAEs) conditioned on up to four named views, V x 1,370 DINOv2 tokens.
+NAMED_CONFIGS.update(
+    {
+        "hunyuan3d-dit-v2-mv": _multiview(NAMED_CONFIGS["hunyuan3d-dit-v2-0"], "hunyuan3d-dit-v2-mv"),
+        "hunyuan3d-dit-v2-mv-fast": _multiview(NAMED_CONFIGS["hunyuan3d-dit-v2-0-fast"], "hunyuan3d-dit-v2-mv-fast"),
+        "hunyuan3d-dit-v2-mv-turbo": _multiview(NAMED_CONFIGS["hunyuan3d-dit-v2-0-turbo"], "hunyuan3d-dit-v2-mv-turbo"),
+    }
+)
 
 
 def named_config(name: str) -> ShapeModelConfig:

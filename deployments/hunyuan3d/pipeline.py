@@ -12,7 +12,7 @@ once when it checks it, and overlap one batch's marching cubes with the next bat
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +34,14 @@ from .dit import Hunyuan3DDiT
 from .dit_v21 import HunYuanDiTPlain
 from .image_processing import ImageProcessor
 from .meta_init import check_materialised, parameters_on_meta
+from .multiview import (
+    MultiviewConditioner,
+    MultiviewImageProcessor,
+    Pixels,
+    ViewPixels,
+    batch_size_of,
+    build_conditioner,
+)
 from .params import GenerationParams
 from .point_decoding import BatchGeometryDecoder, adaptive_kv_count
 from .surface import SurfaceInput, extract_surfaces
@@ -130,6 +138,7 @@ class ShapePipeline:
         self.acceleration = acceleration or AccelerationOptions()
         self.acceleration.validate_for(self.device)  # a replica refuses to start, naming the option
         self.image_processor = ImageProcessor(config.image_processor)
+        self.view_processor = MultiviewImageProcessor(config.image_processor)
         self.dit = dit.to(self.device, dtype).eval()
         compile_module(self.dit, self.acceleration, "dit")  # in place: same module, same state_dict keys
         self.vae = vae.to(self.device, dtype).eval()
@@ -223,6 +232,15 @@ class ShapePipeline:
                 dit, vae, conditioner = _build_modules(config)
         return cls(config, dit, vae, conditioner, device, dtype or _default_dtype(device), acceleration)
 
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        """The named views this model takes, front first (only ``front`` for single-image models)."""
+        return self.config.view_names
+
     # --- stages -----------------------------------------------------------------------------------------
 
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
@@ -234,6 +252,24 @@ class ShapePipeline:
             except ValueError as exc:
                 raise type(exc)(f"image {index}: {exc}") from exc
         return torch.cat(tensors, dim=0)
+
+    def preprocess_views(self, jobs: Sequence[Mapping[str, Image.Image]]) -> ViewPixels:
+        """B jobs' {view name: image} -> :class:`ViewPixels` (B, V, 3, S, S) on CPU, views in model order.
+
+        Every job of one call must name the same views (one condition length per call). Raises ``ValueError``
+        naming the job: an unknown or missing front view, a view this model does not take, or an empty image.
+        """
+        parts = []
+        for index, views in enumerate(jobs):
+            unsupported = [name for name in views if name not in self.view_names]
+            if unsupported:
+                takes = "only the front view" if len(self.view_names) == 1 else f"the views {list(self.view_names)}"
+                raise ValueError(f"job {index}: model {self.name} takes {takes}; got {unsupported}")
+            try:
+                parts.append(self.view_processor(views))
+            except ValueError as exc:
+                raise type(exc)(f"job {index}: {exc}") from exc
+        return ViewPixels.cat(parts)
 
     def initial_noise(self, seeds: Sequence[int]) -> Tensor:
         """(B, N, C) float32 on CPU: sample i is drawn alone from ``Generator().manual_seed(seeds[i])``."""
@@ -247,39 +283,59 @@ class ShapePipeline:
 
     def sample_latents(
         self,
-        images: Sequence[Image.Image],
+        images: Sequence[Image.Image] | Sequence[Mapping[str, Image.Image]],
         seeds: Sequence[int],
         params: GenerationParams,
         timings: StageTimings | None = None,
     ) -> Tensor:
-        """Preprocess ``images`` and :meth:`sample` them: (B, N, C) latents before the VAE (model dtype)."""
+        """Preprocess ``images`` (or jobs' view dicts) and :meth:`sample` them: (B, N, C) latents before the VAE
+        (model dtype)."""
         _check_counts(len(images), len(seeds))
         timings = timings or StageTimings()
         with timings.stage("preprocess"):
-            pixels = self.preprocess(images)
+            pixels = self._preprocess_any(images)
         return self.sample(pixels, seeds, params, timings)
+
+    def _preprocess_any(self, images: Sequence[Image.Image] | Sequence[Mapping[str, Image.Image]]) -> Pixels:
+        if images and isinstance(images[0], Mapping):
+            return self.preprocess_views(images)  # type: ignore[arg-type]
+        return self.preprocess(images)  # type: ignore[arg-type]
 
     @torch.inference_mode()
     def sample(
         self,
-        pixels: Tensor,
+        pixels: Pixels,
         seeds: Sequence[int],
         params: GenerationParams,
         timings: StageTimings | None = None,
     ) -> Tensor:
-        """Flow-matching sampling for the whole batch of preprocessed ``pixels`` (B, 3, S, S) -> (B, N, C)."""
-        _check_counts(pixels.shape[0], len(seeds))
+        """Flow-matching sampling for the whole batch of preprocessed ``pixels`` (B, 3, S, S), or the
+        :class:`ViewPixels` of B jobs -> (B, N, C)."""
+        _check_counts(batch_size_of(pixels), len(seeds))
         with sdpa_context(self.acceleration):
             return self._sample(pixels.to(self.device, self.dtype), seeds, params, timings or StageTimings())
 
-    def _sample(self, pixels: Tensor, seeds: Sequence[int], params: GenerationParams, timings: StageTimings) -> Tensor:
+    def _condition(self, pixels: Pixels) -> Tensor:
+        """(B, T, C) image tokens; a multiview model makes V x T, view by view in model order."""
+        if isinstance(self.conditioner, MultiviewConditioner):
+            # a single image is a job with only the front view
+            views = pixels if isinstance(pixels, ViewPixels) else ViewPixels(pixels[:, None], self.view_names[:1])
+            return self.conditioner(views.pixels, views.view_indices)
+        if isinstance(pixels, ViewPixels):
+            if pixels.views != self.view_names:
+                raise ValueError(f"model {self.name} takes only the front view; got the views {list(pixels.views)}")
+            pixels = pixels.pixels[:, 0]
+        return self.conditioner(pixels)
+
+    def _sample(self, pixels: Pixels, seeds: Sequence[int], params: GenerationParams, timings: StageTimings) -> Tensor:
         batch = len(seeds)
 
-        # 1. condition: ONE encoder pass -> (B, T, C). CFG's unconditional context is T copies of one zero
-        #    token: it runs as that one token standing for T (exact; see Hunyuan3DDiT.forward)
+        # 1. condition: ONE encoder pass -> (B, T, C) (multiview: T = V x 1370). CFG's unconditional context
+        #    is T copies of one zero token (multiview too: upstream adds no view embedding to it): it runs as
+        #    that one token standing for T (exact; see Hunyuan3DDiT.forward)
         with timings.stage("conditioner", self.device):
             # embedded once: the DiT's condition projection is the same at every step
-            cond_tokens = self.conditioner(pixels)
+            cond_tokens = self._condition(pixels)
             cond = self.dit.embed_condition(cond_tokens)
             uncond = None
             if self.config.uses_cfg:
@@ -352,29 +408,30 @@ class ShapePipeline:
 
     def generate_volumes(
         self,
-        pixels: Tensor,
+        pixels: Pixels,
         seeds: Sequence[int],
         params: GenerationParams,
         timings: StageTimings | None = None,
     ) -> list[SparseVolume]:
-        """The accelerator section: condition, sample and decode volumes of preprocessed ``pixels``."""
+        """The accelerator section: condition, sample and decode volumes of preprocessed ``pixels`` (single
+        images, or :class:`ViewPixels` of one view set)."""
         latents = self.sample(pixels, seeds, params, timings)
         return self.decode_volumes(latents, params, timings)
 
     def generate_shape_batch(
         self,
-        images: Sequence[Image.Image],
+        images: Sequence[Image.Image] | Sequence[Mapping[str, Image.Image]],
         seeds: Sequence[int],
         params: GenerationParams | None = None,
         timings: StageTimings | None = None,
         return_exceptions: bool = False,
     ) -> list[trimesh.Trimesh]:
-        """B images -> B meshes through one batched pass."""
+        """B images (or B jobs' {view name: image}, one view set) -> B meshes through one batched pass."""
         params = params or GenerationParams()
         _check_counts(len(images), len(seeds))
         timings = timings or StageTimings()
         with timings.stage("preprocess"):
-            pixels = self.preprocess(images)
+            pixels = self._preprocess_any(images)
         grids = self.generate_volumes(pixels, seeds, params, timings)
         return self.extract_surfaces(grids, params, timings, return_exceptions)  # type: ignore[return-value]
 
@@ -397,7 +454,7 @@ def _read_vae_weights(
 def _build_modules(config: ShapeModelConfig) -> tuple[ShapeDiT, ShapeVAEDecoder, ImageConditioner]:
     # the DiT generation follows the config's type (its target class in config.yaml)
     dit = Hunyuan3DDiT(config.dit) if isinstance(config.dit, DiTConfig) else HunYuanDiTPlain(config.dit)
-    return dit, ShapeVAEDecoder(config.vae), ImageConditioner(config.conditioner)
+    return dit, ShapeVAEDecoder(config.vae), build_conditioner(config.conditioner)
 
 
 def _default_dtype(device: str | torch.device) -> torch.dtype:

@@ -31,6 +31,8 @@ class SyntheticPipeline:
         cpu_holds_until_gpu_passes: int = 0,
     ) -> None:
         self.device = torch.device("cpu")
+        self.name = "synthetic"
+        self.view_names = ("front",)  # a single-image model
         self.image_processor = ImageProcessor(ImageProcessorConfig(size=64))
         self.gpu_s, self.cpu_s, self.empty_seeds = gpu_s, cpu_s, set(empty_seeds)
         self.cpu_holds_until_gpu_passes = cpu_holds_until_gpu_passes

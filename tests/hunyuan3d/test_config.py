@@ -26,17 +26,17 @@ def test_config_maps_any_hy3dgen_target_path_by_class_name():
     assert ShapeModelConfig.from_dict(raw).dit.depth == 16
 
 
-def test_config_rejects_multiview_models_with_a_clear_message():
+def test_config_rejects_unknown_image_encoders_naming_them():
     raw = _released_v2_0()
-    raw["conditioner"]["params"]["main_image_encoder"]["type"] = "DinoImageEncoderMV"
-    with pytest.raises(UnsupportedModelError, match="multiview"):
+    raw["conditioner"]["params"]["main_image_encoder"]["type"] = "CLIPImageEncoder"
+    with pytest.raises(UnsupportedModelError, match="'CLIPImageEncoder'"):
         ShapeModelConfig.from_dict(raw)
 
 
-def test_config_rejects_multiview_image_processor():
+def test_config_rejects_unknown_image_processors_naming_them():
     raw = _released_v2_0()
-    raw["image_processor"]["target"] = "hy3dgen.shapegen.preprocessors.MVImageProcessorV2"
-    with pytest.raises(UnsupportedModelError, match="multiview"):
+    raw["image_processor"]["target"] = "hy3dgen.shapegen.preprocessors.ImageProcessorV3"
+    with pytest.raises(UnsupportedModelError, match="'ImageProcessorV3'"):
         ShapeModelConfig.from_dict(raw)
 
 
