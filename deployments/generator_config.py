@@ -138,10 +138,11 @@ class GeneratorConfig(BaseModel):
     def variant_name(self) -> str:
         if self.variant:
             return self.variant
+        # by name only: the builder may run where the folder is not (`serve deploy` builds on the cluster)
         path = resolve_path(self.model)
-        if path.is_file():  # a config.yaml: its folder names the variant
+        if path.suffix in (".yaml", ".yml"):  # a config.yaml: its folder names the variant
             return path.parent.name
-        return path.name if path.exists() else self.model
+        return path.name  # a folder, or a variant name (random weights)
 
 
 class BatchingConfig(BaseModel):

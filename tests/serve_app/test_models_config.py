@@ -159,3 +159,11 @@ def test_models_config_family_of_a_variant(variant, family):
 def test_models_config_deployment_names_are_sanitised():
     assert deployment_name("hunyuan3d-dit-v2-0") == "ShapeGenerator-hunyuan3d-dit-v2-0"
     assert deployment_name("big model#1/β") == "ShapeGenerator-big-model-1-"
+
+
+def test_models_config_a_folder_missing_where_the_builder_runs_is_named_by_its_basename():
+    # `serve deploy` builds on the cluster, maybe on a node without the weights
+    catalog = _args({"model": "/models/Hunyuan3D-2/hunyuan3d-dit-v2-0-turbo"}).catalog()
+    assert (catalog.default.name, catalog.default.family) == ("hunyuan3d-dit-v2-0-turbo", "hunyuan3d-2")
+    assert catalog.default.job_defaults["num_inference_steps"] == 5
+    assert catalog.default.deployment == "ShapeGenerator-hunyuan3d-dit-v2-0-turbo"
