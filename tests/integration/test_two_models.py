@@ -76,7 +76,9 @@ def test_two_models_each_job_runs_on_its_models_deployment(ray_session: str, tmp
                 done = _wait_finished(client, job_id)
                 assert (done["status"], done["model"]) == ("succeeded", model), done
                 assert done["params"]["num_inference_steps"] == (2 if model == FAST else 3)
-                mesh = trimesh.load(io.BytesIO(client.get(done["result_urls"]["glb"]).content), file_type="glb")
+                mesh = trimesh.load(
+                    io.BytesIO(client.get(done["result_urls"]["glb"]).content), file_type="glb", force="mesh"
+                )
                 assert len(mesh.faces) == done["mesh"]["faces"] > 0
         # each job's GPU pass ran in its own model's replica (the warm-up pass has no job id)
         for model, job_id in jobs.items():
