@@ -279,9 +279,11 @@ def request_models(limits: ApiLimits, model_names: Sequence[str]) -> RequestMode
         priority=(Priority | None, Field(None, description="`critical` needs the `jobs:critical` scope.")),
         model=(served | None, Field(None, description="The model of items that name none; omitted: the default.")),
     )
+    # an empty status is taken as none given (serve_app.routes.list_jobs): the document says so
+    status_or_empty: Any = JobStatus | Literal[""]
     list_query = create_model(
         "JobListQuery",
-        status=(JobStatus, _optional(description="Only jobs in this status.")),
+        status=(status_or_empty, _optional(description="Only jobs in this status (empty: any).")),
         limit=(int, Field(50, ge=1, le=limits.max_list_page, description="Jobs per page.")),
         cursor=(str, _optional(description="The `next_cursor` of the previous page.")),
     )
