@@ -25,6 +25,8 @@ DEFAULT_VRAM_TABLE = "configs/vram_batch_table.yaml"
 # One batch on the GPU plus batches in their CPU section; more than a few only holds memory.
 MAX_CONCURRENT_BATCHES = 4
 MAX_BATCH_SIZE = 64
+# the jobs table's `model` column is String(128)
+MAX_MODEL_NAME = 128
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -34,6 +36,23 @@ class GeneratorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # How the app serves this model (read by the application builder, never by the replica: a change of
+    # these three does not restart it)
+    name: str | None = Field(
+        default=None,
+        max_length=MAX_MODEL_NAME,
+        description="The model name jobs choose it by (`model` of a job) and capabilities list; null: the "
+        "variant name (the model folder's name). Its deployment is `ShapeGenerator-<name>` (in `generators:`).",
+    )
+    default: bool = Field(
+        default=False,
+        description="In `generators:`: the model of jobs that name none (at most one entry; none: the first).",
+    )
+    defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Job defaults of this model over the app's `defaults` (same fields, e.g. "
+        "`{num_inference_steps: 5}`); capabilities report the merged values.",
+    )
     model: str = Field(
         default=DEFAULT_MODEL,
         description="Released model folder (`config.yaml` + weights), relative to the repository. With "
@@ -111,13 +130,30 @@ class GeneratorConfig(BaseModel):
 
         return GenerationParams.from_dict(self.warmup_params)
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value != value.strip()):
+            raise ValueError(f"name must be non-empty without surrounding spaces, got {value!r}")
+        return value
+
+    def model_name(self) -> str:
+        """The name jobs choose this model by: ``name``, else the variant name."""
+        return self.name or self.variant_name()
+
+    def replica_config(self) -> GeneratorConfig:
+        """This config without what only the builder reads, so that changing a model's job defaults or
+        default flag does not restart (and reload) its replicas."""
+        return self.model_copy(update={"default": False, "defaults": {}})
+
     def variant_name(self) -> str:
         if self.variant:
             return self.variant
+        # by name only: the builder may run where the folder is not (`serve deploy` builds on the cluster)
         path = resolve_path(self.model)
-        if path.is_file():  # a config.yaml: its folder names the variant
+        if path.suffix in (".yaml", ".yml"):  # a config.yaml: its folder names the variant
             return path.parent.name
-        return path.name if path.exists() else self.model
+        return path.name  # a folder, or a variant name (random weights)
 
 
 class BatchingConfig(BaseModel):

@@ -39,6 +39,9 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     submit.add_argument("--octree-resolution", type=int, metavar="R", help="mesh extraction grid resolution")
     submit.add_argument("--guidance-scale", type=float, metavar="G", help="classifier-free guidance scale")
     submit.add_argument("--priority", choices=PRIORITIES, default="normal")
+    submit.add_argument(
+        "--model", metavar="NAME", help="model to run on (capabilities list them; default: the service's)"
+    )
     submit.add_argument("--wait", action="store_true", help="wait for the jobs and download their meshes")
     submit.add_argument("--out", type=Path, help="where --wait writes meshes (default: .); implies --wait")
     submit.add_argument("--format", choices=MESH_FORMATS, default="glb", help="mesh format to download (default glb)")
@@ -64,7 +67,8 @@ def _submit(client: AgentClient, args: argparse.Namespace) -> tuple[Any, int]:
     params = {name: getattr(args, name) for name in ("num_inference_steps", "octree_resolution", "guidance_scale")}
     params = {name: value for name, value in params.items() if value is not None}
     jobs = [
-        client.submit(image, seed=args.seed, params=params or None, priority=args.priority) for image in args.images
+        client.submit(image, seed=args.seed, params=params or None, priority=args.priority, model=args.model)
+        for image in args.images
     ]
     results: list[dict[str, Any]] = [
         {"image": str(image), "job": job} for image, job in zip(args.images, jobs, strict=True)

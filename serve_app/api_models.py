@@ -8,6 +8,7 @@ document states the limits as this deployment enforces them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -35,6 +36,9 @@ class ErrorBody(BaseModel):
     message: str = Field(description="What went wrong and how to fix it, for people.")
     retryable: bool = Field(description="Whether sending the same request again later may succeed.")
     request_id: str = Field(description="The request's id, also in the `X-Request-ID` header.")
+    models: list[str] | None = Field(
+        None, description="With `unknown_model` only: the models this deployment serves (pick one, or omit `model`)."
+    )
 
 
 class JobError(BaseModel):
@@ -106,15 +110,30 @@ class FaceBounds(Bounds):
     no_reduction: Literal[0]
 
 
+class ModelLimits(BaseModel):
+    num_inference_steps: Bounds
+    guidance_scale: Bounds
+    octree_resolution: Bounds
+    max_faces: FaceBounds
+
+
 class ModelInfo(BaseModel):
-    name: str
-    default: bool
-    defaults: dict[str, Any]
+    """One model a job may name in `model`."""
+
+    name: str = Field(description="What a job's `model` says.")
+    default: bool = Field(description="Whether jobs that name no model run on this one.")
+    family: str = Field(
+        description="Released family: `hunyuan3d-2`, `hunyuan3d-2mini`, `hunyuan3d-2mv`, `hunyuan3d-2.1`, or `custom`."
+    )
+    variant: str = Field(description="The model folder (variant), e.g. `hunyuan3d-dit-v2-0-fast`.")
+    views: list[str] = Field(description="The named views a job on it may send, front first.")
+    defaults: dict[str, Any] = Field(description="What a job on this model gets for each parameter it omits.")
+    limits: ModelLimits = Field(description="The bounds of the parameters a job on this model may set.")
 
 
 class ParamCapabilities(BaseModel):
     settable: list[str]
-    defaults: dict[str, Any]
+    defaults: dict[str, Any] = Field(description="The default model's defaults (each model's: `models`).")
     num_inference_steps: Bounds
     guidance_scale: Bounds
     octree_resolution: Bounds
@@ -202,9 +221,11 @@ class RequestModels:
     idempotency: type[BaseModel]  # the Idempotency-Key header, as the one field `value`
 
 
-def request_models(limits: ApiLimits) -> RequestModels:
-    """The submission bodies with this configuration's bounds (every field optional in `params`: the
-    operator's defaults fill in the rest)."""
+def request_models(limits: ApiLimits, model_names: Sequence[str]) -> RequestModels:
+    """The submission bodies with this configuration's bounds and models (every field optional in `params`:
+    the operator's defaults fill in the rest)."""
+    served: Any = Literal[tuple(model_names)]  # the names are this config's
+    model_description = "The model to run on (capabilities list them); omitted: the default model."
     face_budget = Annotated[int, Field(ge=MIN_FACE_BUDGET, le=limits.max_face_budget)]
     params: type[BaseModel] = create_model(
         "JobParams",
@@ -231,6 +252,7 @@ def request_models(limits: ApiLimits) -> RequestModels:
         seed=(Seed | None, Field(None, description=_SEED_DESCRIPTION)),
         params=(params | None, Field(None)),
         priority=(Priority | None, Field(None, description="`critical` needs the `jobs:critical` scope.")),
+        model=(served | None, Field(None, description=model_description)),
     )
     job_upload: type[BaseModel] = create_model(
         "JobUpload",
@@ -239,12 +261,14 @@ def request_models(limits: ApiLimits) -> RequestModels:
         seed=(Seed, _optional(description=_SEED_DESCRIPTION)),
         params=(str, _optional(description="A JSON object of generation parameters (see JobParams), as text.")),
         priority=(Priority, _optional(description="`critical` needs the `jobs:critical` scope.")),
+        model=(served, _optional(description=model_description)),
     )
     item: type[BaseModel] = create_model(
         "BatchItem",
         __config__=_FORBID,
         image=(str, Field(description=_IMAGE_DESCRIPTION)),
         seed=(Seed | None, Field(None, description=_SEED_DESCRIPTION)),
+        model=(served | None, Field(None, description="This item's model; omitted: the batch's.")),
     )
     batch: type[BaseModel] = create_model(
         "BatchSubmission",
@@ -253,10 +277,13 @@ def request_models(limits: ApiLimits) -> RequestModels:
         items=(list[item], Field(min_length=1, max_length=limits.max_batch_items)),
         params=(params | None, Field(None)),
         priority=(Priority | None, Field(None, description="`critical` needs the `jobs:critical` scope.")),
+        model=(served | None, Field(None, description="The model of items that name none; omitted: the default.")),
     )
+    # an empty status is taken as none given (serve_app.routes.list_jobs): the document says so
+    status_or_empty: Any = JobStatus | Literal[""]
     list_query = create_model(
         "JobListQuery",
-        status=(JobStatus, _optional(description="Only jobs in this status.")),
+        status=(status_or_empty, _optional(description="Only jobs in this status (empty: any).")),
         limit=(int, Field(50, ge=1, le=limits.max_list_page, description="Jobs per page.")),
         cursor=(str, _optional(description="The `next_cursor` of the previous page.")),
     )

@@ -225,9 +225,14 @@ class AgentClient:
         params: Mapping[str, Any] | None = None,
         priority: Priority = "normal",
         idempotency_key: str | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
-        """Queue one job; returns its view (``job_id``, ``status`` "queued", ``status_url``, ...)."""
+        """Queue one job; returns its view (``job_id``, ``status`` "queued", ``status_url``, ...).
+
+        ``model``: one of ``capabilities()["models"]`` names; None: the service's default model."""
         body: dict[str, Any] = {"image": image_base64(image), "priority": priority}
+        if model is not None:
+            body["model"] = model
         if seed is not None:
             body["seed"] = seed
         if params is not None:
@@ -242,8 +247,10 @@ class AgentClient:
         params: Mapping[str, Any] | None = None,
         priority: Priority = "normal",
         idempotency_key: str | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
-        """Queue several jobs at once, same params; returns ``{batch_id, status_url, jobs}``."""
+        """Queue several jobs at once, same params and model (None: the default); returns
+        ``{batch_id, status_url, jobs}``."""
         items: list[dict[str, Any]] = [{"image": image_base64(image)} for image in images]
         if seeds is not None:
             if len(seeds) != len(items):
@@ -252,6 +259,8 @@ class AgentClient:
                 if seed is not None:
                     item["seed"] = seed
         body: dict[str, Any] = {"items": items, "priority": priority}
+        if model is not None:
+            body["model"] = model
         if params is not None:
             body["params"] = dict(params)
         return self._post_json("/batches", body, idempotency_key)

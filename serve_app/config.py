@@ -16,6 +16,7 @@ from deployments.contract import DEFAULT_MAX_FACES, MAX_FACES_LIMIT, MeshOptions
 from deployments.hunyuan3d.params import recommended_params
 from serve_app.artifact_settings import ArtifactSettings, LocalArtifactSettings
 from serve_app.auth.settings import AuthSettings
+from serve_app.model_catalog import GENERATOR_DEPLOYMENT, ModelCatalog, ServedModel, model_family, variant_views
 from serve_app.quotas import QuotaSettings
 from serve_app.retention import RetentionSettings
 from serve_app.webhooks.settings import WebhookSettings
@@ -242,8 +243,13 @@ class AppConfig(BaseModel):
     )
     model_name: str = Field(
         "hunyuan3d-dit-v2-0",
-        description="The name jobs are recorded with and `capabilities` reports; left unset, the builder fills "
-        "in the generator's variant.",
+        description="The name of the one model of a single `generator:` entry without a `name` (left unset: its "
+        "variant). With `generators:` each entry names its own model.",
+    )
+    models: ModelCatalog | None = Field(
+        None,
+        description="Filled in by the application builder from `generator`/`generators` (never write it in the "
+        "YAML): the served models with their job defaults and views. null: the one model `model_name`.",
     )
     defaults: DefaultParams = Field(DefaultParams(), description="Parameters a job gets when it does not set them.")
     limits: ApiLimits = Field(ApiLimits(), description="What one request may ask for.")
@@ -267,9 +273,26 @@ class AppConfig(BaseModel):
     )
 
     @property
+    def served_models(self) -> ModelCatalog:
+        """The models jobs may name: the builder's catalog, else (an app built by hand, as tests do) the one
+        model ``model_name`` with the app's defaults."""
+        if self.models is not None:
+            return self.models
+        single = ServedModel(
+            name=self.model_name,
+            default=True,
+            family=model_family(self.model_name),
+            variant=self.model_name,
+            views=variant_views(self.model_name),
+            job_defaults=self.defaults.for_model(self.model_name),
+            deployment=GENERATOR_DEPLOYMENT,
+        )
+        return ModelCatalog(models=(single,))
+
+    @property
     def job_defaults(self) -> dict[str, Any]:
-        """The params a job of this app's model gets when it leaves them out."""
-        return self.defaults.for_model(self.model_name)
+        """The params a job of the default model gets when it leaves them out."""
+        return self.served_models.default.job_defaults
 
     @property
     def resolved_database_url(self) -> str:

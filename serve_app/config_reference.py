@@ -36,10 +36,11 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("### `args.app` (`serve_app.config.AppConfig`)", AppConfig),
     ("### `args.app.artifacts` with `kind: s3` (`serve_app.artifact_settings.S3ArtifactSettings`)", S3ArtifactSettings),
     (
-        "### `args.generator` (`deployments.generator_config.GeneratorConfig`; a change restarts the replica)",
+        "### `args.generators[]` / `args.generator` (`deployments.generator_config.GeneratorConfig`; a change "
+        "restarts that model's replicas)",
         GeneratorConfig,
     ),
-    ("### `deployments[ShapeGenerator].user_config` (`BatchingConfig`; applied live)", BatchingConfig),
+    ("### `deployments[ShapeGenerator-<model>].user_config` (`BatchingConfig`; applied live)", BatchingConfig),
 )
 
 

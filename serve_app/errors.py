@@ -21,9 +21,9 @@ import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
-from serve_app.auth.errors import error_response
+from serve_app.auth.errors import error_body, error_response
 from serve_app.auth.request_id import request_id_of
 
 logger = logging.getLogger("orfeas.api")
@@ -79,6 +79,7 @@ class ApiError(Exception):
         *,
         retryable: bool = False,
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -86,6 +87,8 @@ class ApiError(Exception):
         self.message = message
         self.retryable = retryable
         self.headers = dict(headers or {})
+        # fields of the body beyond the shared five, for an agent to act on (e.g. `models` of unknown_model)
+        self.extra = dict(extra or {})
 
 
 def not_found(what: str, identifier: str) -> ApiError:
@@ -121,6 +124,15 @@ def _storage_retry_after(request: Request) -> int:
 
 
 def _render(request: Request, error: ApiError) -> Response:
+    if error.extra:
+        body = error_body(
+            _TYPES.get(error.status, "api_error"),
+            error.code,
+            error.message,
+            error.retryable,
+            request_id_of(request.scope),
+        )
+        return JSONResponse({**error.extra, **body}, status_code=error.status, headers=error.headers)
     return error_response(
         error.status,
         _TYPES.get(error.status, "api_error"),

@@ -141,6 +141,10 @@ class OrfeasTools:
             int | None, Field(ge=0, description="reduce the mesh to at most this many faces; 0: no reduction")
         ] = None,
         priority: Priority = "normal",
+        model: Annotated[
+            str | None,
+            Field(description="the model: a models[].name of GET /api/agent/capabilities; default: the service's"),
+        ] = None,
     ) -> Job:
         """Queue a job that turns one image of an object into a 3D mesh; returns the queued job at once.
 
@@ -155,7 +159,12 @@ class OrfeasTools:
         with _api_errors(self._client.base_url):
             # a fresh idempotency key per call lets the client retry a full queue or a lost connection safely
             job = self._client.submit(
-                image, seed=seed, params=job_params or None, priority=priority, idempotency_key=str(uuid.uuid4())
+                image,
+                seed=seed,
+                params=job_params or None,
+                priority=priority,
+                idempotency_key=str(uuid.uuid4()),
+                model=model,
             )
         return Job.model_validate(job)
 

@@ -1,4 +1,4 @@
-"""The job worker's model call over Ray Serve: one job -> one ``ShapeGenerator.generate`` call.
+"""The job worker's model calls over Ray Serve: one job -> one ``generate`` call on its model's ShapeGenerator.
 
 The request and its outcome are the contract types (``deployments.contract``) both sides share; this
 adapter only adds what a remote call needs: cancelling the model's work when the job is abandoned, and
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.contract import GenerationRequest, Outcome
-from serve_app.jobs.dispatcher import ModelUnavailable
+from serve_app.jobs.dispatcher import GenerateFn, ModelUnavailable
 
 logger = logging.getLogger("orfeas.model")
 
@@ -41,3 +42,8 @@ class ShapeGeneratorClient:
             logger.warning("model call for job %s lost its replica: %s", request.job_id, exc)
             raise ModelUnavailable(f"the model replica failed: {type(exc).__name__}") from None
         return outcome
+
+
+def model_calls(handles: Mapping[str, DeploymentHandle]) -> dict[str, GenerateFn]:
+    """Model name -> the call of its ShapeGenerator deployment, for the dispatcher."""
+    return {name: ShapeGeneratorClient(handle) for name, handle in handles.items()}

@@ -132,7 +132,8 @@ _SUBMISSION_ERRORS: dict[int, Reply] = {
     415: _error("`unsupported_content_type`"),
     422: _error(
         "`missing_image`, `invalid_image`, `invalid_image_field`, `invalid_params`, `invalid_seed`, "
-        "`invalid_priority`, `invalid_items`, `invalid_field`, `unknown_field`, "
+        "`invalid_priority`, `invalid_items`, `invalid_field`, `unknown_field`, `unknown_model` (the body's "
+        "`models` lists the served ones), "
         "`idempotency_key_reused` (and the image codes of the agent guide)"
     ),
     429: _error("`agent_queue_full` (this agent's queued-jobs quota)", _RETRY_AFTER, *_RATELIMIT),
@@ -350,7 +351,7 @@ def _with_auth_replies(replies: Mapping[int, Reply]) -> dict[int, Reply]:
 
 def build_document(routes: Iterable[BaseRoute], config: AppConfig) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``routes`` under ``config``'s limits."""
-    models = request_models(config.limits)
+    models = request_models(config.limits, config.served_models.names)
     paths: dict[str, dict[str, Any]] = {}
     # schema objects to fill with a model's $ref once every model is known: pydantic renders them together,
     # so that shared models (JobParams, JobView) become one component each

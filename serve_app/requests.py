@@ -22,6 +22,7 @@ from serve_app.image_pool import decode_images
 from serve_app.images import DecodedImage, ImageLimits, ImageRejected, base64_payload
 from serve_app.jobs import NewJob
 from serve_app.json_body import MAX_INTEGER_CHARS, JsonRejected, loads_bounded
+from serve_app.model_catalog import ServedModel
 
 # What agents may set per request; everything else in GenerationParams is the operator's choice. The first
 # three shape the batched pass; the others act on the job alone (background removal, mesh clean-up).
@@ -33,9 +34,9 @@ API_PARAMS = (
     "remove_floaters",
     "remove_background",
 )
-_JOB_FIELDS = {"image", "seed", "params", "priority"}
-_BATCH_FIELDS = {"items", "params", "priority"}
-_ITEM_FIELDS = {"image", "seed"}
+_JOB_FIELDS = {"image", "seed", "params", "priority", "model"}
+_BATCH_FIELDS = {"items", "params", "priority", "model"}
+_ITEM_FIELDS = {"image", "seed", "model"}
 _STORED_EXTENSIONS = {"PNG": "png", "JPEG": "jpg"}
 # names and values echoed in error messages are cut: a hostile body must not come back inflated
 _SHOWN_NAMES = 10
@@ -83,7 +84,7 @@ async def _read_multipart(request: Request, limits: ApiLimits) -> ParsedBody:
             400,
             "invalid_multipart",
             f"the multipart/form-data body cannot be parsed ({_shown(exc.detail)}); send one file field 'image' "
-            "and the form fields seed, params, priority, with the boundary of the Content-Type header",
+            "and the form fields seed, params, priority, model, with the boundary of the Content-Type header",
         ) from None
     try:
         return await _parse_form(form, limits)
@@ -141,8 +142,26 @@ def _unknown(fields: dict[str, Any], known: set[str], where: str) -> None:
         raise ApiError(422, "unknown_field", f"unknown field(s) {_names(unknown)} in {where}; known: {sorted(known)}")
 
 
-def generation_params(raw: object, config: AppConfig) -> dict[str, Any]:
-    """The request's params merged over the configured defaults and checked against the API limits."""
+def served_model(value: object, config: AppConfig, where: str = "the job's") -> ServedModel:
+    """The model a job names (``None``: the default one), or 422 ``unknown_model`` listing the served ones."""
+    catalog = config.served_models
+    if value is None:
+        return catalog.default
+    model = catalog.get(value) if isinstance(value, str) else None
+    if model is None:
+        raise ApiError(
+            422,
+            "unknown_model",
+            f"{where} 'model' {_shown(value)!r} is not served here; use one of {catalog.names} (or leave it out: "
+            f"{catalog.default.name!r})",
+            extra={"models": catalog.names},
+        )
+    return model
+
+
+def generation_params(raw: object, config: AppConfig, model: ServedModel | None = None) -> dict[str, Any]:
+    """The request's params merged over the defaults of its model (``None``: the default model) and checked
+    against the API limits."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -152,7 +171,8 @@ def generation_params(raw: object, config: AppConfig) -> dict[str, Any]:
         raise ApiError(
             422, "invalid_params", f"unknown parameter(s) {_names(unknown)}; agents may set {list(API_PARAMS)}"
         )
-    merged = {**config.job_defaults, **raw}
+    defaults = (model or config.served_models.default).job_defaults
+    merged = {**defaults, **raw}
     # the bounds of this deployment first: the model's own (wider) ranges stay an internal check
     _check_bounds(merged, config.limits)
     try:
@@ -241,10 +261,12 @@ def image_limits(config: AppConfig) -> ImageLimits:
     )
 
 
-def _new_job(image: DecodedImage, seed: int | None, params: dict[str, Any], priority: str, config: AppConfig) -> NewJob:
+def _new_job(
+    image: DecodedImage, seed: int | None, params: dict[str, Any], priority: str, model: ServedModel
+) -> NewJob:
     return NewJob(
         image=image.data,
-        model=config.model_name,
+        model=model.name,
         seed=seed,
         params=params,
         priority=priority,  # type: ignore[arg-type]
@@ -257,12 +279,13 @@ async def parse_job(body: ParsedBody, config: AppConfig) -> NewJob:
     _unknown(fields, _JOB_FIELDS, "the job")
     if body.upload is None and "image" not in fields:
         raise _missing_image("image")
-    params = generation_params(fields.get("params"), config)
+    model = served_model(fields.get("model"), config)
+    params = generation_params(fields.get("params"), config, model)
     seed = _seed(fields.get("seed"), "the job's")
     priority = _priority(fields.get("priority"))
     payload = _image_bytes(fields, body.upload, image_limits(config), "image")
     (image,) = await _decoded([payload], config)
-    return _new_job(image, seed, params, priority, config)
+    return _new_job(image, seed, params, priority, model)
 
 
 async def parse_batch(body: ParsedBody, config: AppConfig) -> list[NewJob]:
@@ -277,15 +300,24 @@ async def parse_batch(body: ParsedBody, config: AppConfig) -> list[NewJob]:
         raise ApiError(
             413, "too_many_items", f"a batch holds at most {config.limits.max_batch_items} items, got {len(items)}"
         )
-    params = generation_params(fields.get("params"), config)
+    batch_model = served_model(fields.get("model"), config, "the batch's")
+    # the batch's params over each item's model's defaults (an item's `model` overrides the batch's)
+    params_of = {batch_model.name: generation_params(fields.get("params"), config, batch_model)}
     priority = _priority(fields.get("priority"))
     limits = image_limits(config)
-    seeds, payloads = [], []
+    seeds, models, payloads = [], [], []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise ApiError(422, "invalid_items", f"items[{index}] must be an object")
         _unknown(item, _ITEM_FIELDS, f"items[{index}]")
+        model = batch_model if item.get("model") is None else served_model(item["model"], config, f"items[{index}]")
+        if model.name not in params_of:
+            params_of[model.name] = generation_params(fields.get("params"), config, model)
+        models.append(model)
         seeds.append(_seed(item.get("seed"), f"items[{index}]"))
         payloads.append(_image_bytes(item, None, limits, f"items[{index}].image"))
     images = await _decoded(payloads, config)
-    return [_new_job(image, seed, params, priority, config) for image, seed in zip(images, seeds, strict=True)]
+    return [
+        _new_job(image, seed, params_of[model.name], priority, model)
+        for image, seed, model in zip(images, seeds, models, strict=True)
+    ]

@@ -302,17 +302,32 @@ async def capabilities(request: Request) -> Response:
     config = _service(request).config
     limits = config.limits
     quota = config.quotas.for_agent(principal.agent)
+    bounds = {
+        "num_inference_steps": {"min": 1, "max": limits.max_inference_steps},
+        "guidance_scale": {"min": 0.0, "max": limits.max_guidance_scale},
+        "octree_resolution": {"min": limits.min_octree_resolution, "max": limits.max_octree_resolution},
+        # 0 keeps the raw surface; otherwise a budget between the bounds
+        "max_faces": {"min": MIN_FACE_BUDGET, "max": limits.max_face_budget, "no_reduction": 0},
+    }
+    models = [
+        {
+            "name": model.name,
+            "default": model.default,
+            "family": model.family,
+            "variant": model.variant,
+            "views": list(model.views),
+            "defaults": model.job_defaults,
+            "limits": bounds,  # the same for every model today; per model so agents need not assume it
+        }
+        for model in config.served_models.models
+    ]
     return JSONResponse(
         {
-            "models": [{"name": config.model_name, "default": True, "defaults": config.job_defaults}],
+            "models": models,
             "params": {
                 "settable": list(API_PARAMS),
-                "defaults": config.job_defaults,
-                "num_inference_steps": {"min": 1, "max": limits.max_inference_steps},
-                "guidance_scale": {"min": 0.0, "max": limits.max_guidance_scale},
-                "octree_resolution": {"min": limits.min_octree_resolution, "max": limits.max_octree_resolution},
-                # 0 keeps the raw surface; otherwise a budget between the bounds
-                "max_faces": {"min": MIN_FACE_BUDGET, "max": limits.max_face_budget, "no_reduction": 0},
+                "defaults": config.job_defaults,  # the default model's (each model's are in `models`)
+                **bounds,
                 "remove_floaters": [True, False],
                 "remove_background": list(REMOVE_BACKGROUND_MODES),
             },

@@ -1,7 +1,7 @@
 """JobWorker: the Ray Serve deployment (no HTTP route) that runs jobs.
 
 Each replica runs a dispatcher: it claims queued jobs from the shared store with a lease, calls the
-ShapeGenerator through its handle, writes the mesh and records the outcome. Replicas share nothing in
+ShapeGenerator of the job's model through its handle, writes the mesh and records the outcome. Replicas share nothing in
 memory, so their number scales in YAML independently of the ingress; a restarted one resumes the jobs its
 predecessor left once their leases expire. The ingress calls :meth:`JobWorker.notify` after a submission
 without waiting for it; an idle worker also polls the store (``jobs.poll_interval_s``).
@@ -16,7 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
 from serve_app.metrics import start_worker_metrics
-from serve_app.model_client import ShapeGeneratorClient
+from serve_app.model_client import model_calls
 from serve_app.worker_service import WorkerService
 
 
@@ -29,8 +29,10 @@ from serve_app.worker_service import WorkerService
     graceful_shutdown_timeout_s=40,
 )
 class JobWorker:
-    async def __init__(self, generator: DeploymentHandle, config: AppConfig) -> None:  # type: ignore[misc]  # Serve awaits an async __init__
-        self._service = await WorkerService.start(AppConfig.model_validate(config), ShapeGeneratorClient(generator))
+    async def __init__(self, generators: dict[str, DeploymentHandle], config: AppConfig) -> None:  # type: ignore[misc]  # Serve awaits an async __init__
+        # generators: model name -> its ShapeGenerator deployment (the builder binds one per served model)
+        self._models = sorted(generators)
+        self._service = await WorkerService.start(AppConfig.model_validate(config), model_calls(generators))
         self._metrics, self._metrics_task = start_worker_metrics(self._service.dispatcher.events)
 
     def notify(self) -> None:
@@ -44,6 +46,7 @@ class JobWorker:
             "worker_id": dispatcher.worker_id,
             "dispatching": self._service.running,
             "in_flight": sorted(dispatcher.in_flight),
+            "models": self._models,
         }
 
     async def check_health(self) -> None:

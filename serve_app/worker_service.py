@@ -1,8 +1,8 @@
 """The job worker's runtime: storage, the dispatcher, the retention sweeper and the webhook deliveries, started
 and stopped together (no Ray here).
 
-The ``JobWorker`` deployment wraps it with the ShapeGenerator handle as the model call; in-process tests
-run it with a plain async function.
+The ``JobWorker`` deployment wraps it with one model call per served model (each ShapeGenerator's handle);
+in-process tests run it with plain async functions.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass, field
 
 from serve_app.config import AppConfig
-from serve_app.jobs import Dispatcher, GenerateFn, utcnow
+from serve_app.jobs import Dispatcher, utcnow
+from serve_app.jobs.dispatcher import ModelCalls
 from serve_app.retention import Sweeper
 from serve_app.storage import Storage
 from serve_app.webhooks.delivery import DeliveryWorker, master_key_loader
@@ -33,9 +34,11 @@ class WorkerService:
 
     @classmethod
     async def start(
-        cls, config: AppConfig, generate: GenerateFn, *, dispatch: bool | None = None, sweep: bool = True
+        cls, config: AppConfig, generate: ModelCalls, *, dispatch: bool | None = None, sweep: bool = True
     ) -> WorkerService:
         """Open storage and start claiming at once, so jobs left by a previous run resume; start sweeping.
+
+        ``generate``: model name -> model call (a job runs on its ``model``'s), or one call for every job.
 
         ``dispatch`` overrides ``config.jobs.dispatch`` (tests that keep jobs queued); ``sweep=False``
         leaves retention to explicit ``sweeper.sweep()`` calls (tests). A worker that does not dispatch still

@@ -10,7 +10,9 @@ One asyncio loop per instance (one per ``JobWorker`` replica). Each round it
      (cancelled by the agent, or requeued after this instance stalled past its lease);
   4. sleeps until ``notify()``, a job finishing, or the next poll.
 Exactly-once completion is the store's guarantee (completion is guarded by the lease owner); the
-dispatcher only has to never write for a job it abandoned. A model call lost with its replica
+dispatcher only has to never write for a job it abandoned. Each job goes to the model call of its ``model``;
+a job whose model this worker does not serve (removed from the config since) fails as ``model_unavailable``,
+naming it. A model call lost with its replica
 (:class:`ModelUnavailable`) puts the job back in the queue, up to ``max_attempts`` runs: the job did nothing
 wrong, so it is not failed for it. Neither is a job whose mesh could not be written (disk full or read-only):
 it goes back to the queue uncounted, and this instance claims nothing for ``storage_retry_s``, so a broken
@@ -27,7 +29,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from deployments.contract import CANONICAL_FORMAT, ErrorCode, GenerationError, GenerationRequest, Outcome
@@ -42,6 +44,10 @@ logger = logging.getLogger(__name__)
 GenerateFn = Callable[[GenerationRequest], Awaitable[Outcome]]
 """The model call: ``ShapeGenerator.generate`` through its handle (``serve_app.model_client``) in the app,
 a plain async function in tests. Returns the result or the request's own ``GenerationError``."""
+
+ModelCalls = GenerateFn | Mapping[str, GenerateFn]
+"""What a dispatcher calls: model name -> its model call (the job's ``model`` picks one), or one call for
+every job whatever its model (tests, one-model setups)."""
 
 
 class ModelUnavailable(Exception):
@@ -64,7 +70,7 @@ class Dispatcher:
         self,
         store: JobStore,
         artifacts: ArtifactBackend,
-        generate: GenerateFn,
+        generate: ModelCalls,
         settings: JobSettings | None = None,
         *,
         worker_id: str | None = None,
@@ -73,7 +79,7 @@ class Dispatcher:
     ) -> None:
         self._store = store
         self._artifacts = artifacts
-        self._generate = generate
+        self._models = generate
         self.settings = settings or JobSettings()
         self.worker_id = worker_id or default_worker_id()
         self.events = events or JobEvents()
@@ -267,13 +273,14 @@ class Dispatcher:
 
         Raises the request's ``GenerationError``, ``ModelUnavailable`` or ``ResultNotStored``.
         """
+        generate = self._model_call(job)
         image = await asyncio.to_thread(self._artifacts.read_bytes, job.input_path)
         try:
             request = GenerationRequest.from_job_params(image, job.seed, job.params, job.priority, job.id)
         except (TypeError, ValueError) as exc:  # checked at submit; a config change since can still bite
             raise GenerationError(ErrorCode.INVALID_REQUEST, str(exc), job.id) from None
         started = time.perf_counter()
-        outcome = await self._generate(request)
+        outcome = await generate(request)
         timings["generate_s"] = time.perf_counter() - started
         if isinstance(outcome, GenerationError):
             raise outcome
@@ -293,6 +300,21 @@ class Dispatcher:
             raise ResultNotStored(f"writing {relpath} failed") from exc
         timings["store_s"] = time.perf_counter() - started
         return relpath, outcome.stats.to_dict()
+
+    def _model_call(self, job: JobRecord) -> GenerateFn:
+        """The call of the job's model, or a ``model_unavailable`` failure when this worker serves no such model
+        (the operator removed it from the config after the job was queued: retrying cannot help)."""
+        if not isinstance(self._models, Mapping):
+            return self._models
+        generate = self._models.get(job.model)
+        if generate is None:
+            served = sorted(self._models)
+            raise GenerationError(
+                ErrorCode.MODEL_UNAVAILABLE,
+                f"model {job.model!r} is not served any more (served: {served}); submit the job again with one of them",
+                job.id,
+            )
+        return generate
 
     def _publish(self, job: JobRecord, status: str, stage: str, progress: int, error_code: str | None = None) -> None:
         self.events.publish(JobEvent(job.id, job.agent, status, stage, progress, self._store.now(), error_code))

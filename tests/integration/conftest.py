@@ -66,7 +66,9 @@ def deploy(ray_session: str, data_dir: Path, **app_overrides) -> LiveApp:
     # a batch window far wider than the spread of jobs a worker dispatches together, so they share a pass
     # however busy the machine is
     model = ShapeGenerator.options(**no_cpu, user_config={"batch_wait_timeout_s": 0.5}).bind(generator)
-    app = AgentIngress.options(**no_cpu).bind(JobWorker.options(**no_cpu).bind(model, config), config)
+    # the worker takes model name -> generator (one model here: the config's default)
+    worker = JobWorker.options(**no_cpu).bind({config.served_models.default.name: model}, config)
+    app = AgentIngress.options(**no_cpu).bind(worker, config)
     serve.run(app, name=APP_NAME, route_prefix="/")
     key = json.loads(config.dev_key_file.read_text())
     return LiveApp(ray_session, config, key["key_id"], key["secret"])

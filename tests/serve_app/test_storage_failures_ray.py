@@ -106,7 +106,7 @@ def deployed(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         # for Serve to restart a replica whose check raised
         fast_checks = {"ray_actor_options": {"num_cpus": 0}, "health_check_period_s": 1, "health_check_timeout_s": 5}
         generator = serve.deployment(SphereGenerator).options(ray_actor_options={"num_cpus": 0}).bind()
-        worker = JobWorker.options(**fast_checks).bind(generator, config)
+        worker = JobWorker.options(**fast_checks).bind({config.served_models.default.name: generator}, config)
         app = AgentIngress.options(num_replicas=2, **fast_checks).bind(worker, config)
         serve.run(app, name=APP_NAME, route_prefix="/")
         key = json.loads(config.dev_key_file.read_text())
