@@ -106,7 +106,7 @@ async def _parse_form(form: Any, limits: ApiLimits) -> ParsedBody:
     for name, value in form.multi_items():
         if hasattr(value, "read") and name.startswith(_VIEW_FILE_PREFIX):
             view = name.removeprefix(_VIEW_FILE_PREFIX)
-            _check_view_names([view], "the multipart view files", _VIEW_FILE_PREFIX)
+            _check_view_names([view], "the multipart view files", _VIEW_FILE_PREFIX, complete=False)
             if view in views:
                 raise ApiError(
                     400, "unexpected_file_field", f"a second {name!r} file; send each view file at most once"
@@ -122,6 +122,13 @@ async def _parse_form(form: Any, limits: ApiLimits) -> ParsedBody:
                     f"{', '.join(_VIEW_FILE_PREFIX + view for view in VIEW_NAMES)})",
                 )
             upload = await value.read()
+        elif name == "views":
+            raise ApiError(
+                422,
+                "invalid_views",
+                "multipart bodies send views as files (view_front, view_left, view_back, view_right), "
+                "not a 'views' field",
+            )
         elif name == "params":
             try:
                 fields["params"] = loads_bounded(
@@ -236,8 +243,9 @@ def _priority(value: object) -> str:
     return str(value)
 
 
-def _check_view_names(names: Iterable[str], where: str, prefix: str = "") -> None:
-    """Known view names only (``unknown_view``), ``front`` among them (``missing_front_view``)."""
+def _check_view_names(names: Iterable[str], where: str, prefix: str = "", *, complete: bool = True) -> None:
+    """Known view names only (``unknown_view``) and, when ``complete`` (all names known), ``front`` among them
+    (``missing_front_view``)."""
     given = list(names)
     unknown = [name for name in given if name not in VIEW_NAMES]
     if unknown:
@@ -247,11 +255,11 @@ def _check_view_names(names: Iterable[str], where: str, prefix: str = "") -> Non
             f"unknown view(s) {_names(prefix + name for name in unknown)} in {where}; views are "
             f"{[prefix + name for name in VIEW_NAMES]}",
         )
-    if FRONT_VIEW not in given:
+    if complete and FRONT_VIEW not in given:
         raise ApiError(
             422,
             "missing_front_view",
-            f"{where} lack '{prefix}{FRONT_VIEW}': the front view is required (it is the job's image); "
+            f"no '{prefix}{FRONT_VIEW}' in {where}: the front view is required (it is the job's image); "
             f"{', '.join(prefix + name for name in VIEW_NAMES if name != FRONT_VIEW)} are optional",
         )
 
@@ -272,10 +280,10 @@ def _view_payloads(
     if body is not None and body.view_uploads:  # multipart: _parse_form checked the names
         uploads = body.view_uploads
         return {name: (uploads[name], _VIEW_FILE_PREFIX + name) for name in VIEW_NAMES if name in uploads}
-    views = fields.get("views")
-    if views is None:
+    if "views" not in fields:
         upload = None if body is None else body.upload
         return {FRONT_VIEW: _image_bytes(fields, upload, limits, f"{where}image")}
+    views = fields["views"]
     if "image" in fields:
         raise _image_and_views(f"'{where}image' and '{where}views'", f"{where}views.{FRONT_VIEW}")
     if not isinstance(views, dict):
@@ -369,7 +377,7 @@ def _new_job(
 async def parse_job(body: ParsedBody, config: AppConfig) -> NewJob:
     fields = body.fields
     _unknown(fields, _JOB_FIELDS, "the job")
-    if body.upload is None and not body.view_uploads and "image" not in fields and fields.get("views") is None:
+    if body.upload is None and not body.view_uploads and "image" not in fields and "views" not in fields:
         raise _missing_image("image")
     params = generation_params(fields.get("params"), config)
     seed = _seed(fields.get("seed"), "the job's")
