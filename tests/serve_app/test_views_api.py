@@ -259,3 +259,19 @@ async def test_views_multipart_refusals(paused: App) -> None:
     assert (status, body["code"]) == (422, "invalid_views")
     status, body = await post([front, ("view_left", ("l.png", LEFT + b"tail", "image/png"))])
     assert (status, body["code"]) == (422, "image_trailing_data") and "'view_left'" in body["message"]
+
+
+async def test_views_openapi_documents_views_and_their_codes(paused: App) -> None:
+    document = (await paused.client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+
+    assert schemas["JobViews"]["required"] == ["front"]
+    assert set(schemas["JobViews"]["properties"]) == {"front", "left", "back", "right"}
+    assert schemas["JobSubmission"]["anyOf"] == [{"required": ["image"]}, {"required": ["views"]}]
+    assert schemas["BatchItem"]["anyOf"] == [{"required": ["image"]}, {"required": ["views"]}]
+    assert schemas["JobUpload"]["anyOf"] == [{"required": ["image"]}, {"required": ["view_front"]}]
+    assert {"view_front", "view_left", "view_back", "view_right"} <= set(schemas["JobUpload"]["properties"])
+    assert "views" in schemas["JobView"]["required"]
+    refusals = document["paths"]["/api/agent/jobs"]["post"]["responses"]["422"]["description"]
+    for code in ("image_and_views", "missing_front_view", "unknown_view", "invalid_views"):
+        assert f"`{code}`" in refusals
