@@ -293,7 +293,11 @@ def request_models(limits: ApiLimits) -> RequestModels:
     )
     list_query = create_model(
         "JobListQuery",
-        status=(JobStatus, _optional(description="Only jobs in this status.")),
+        # the server reads an empty value as the parameter not given (`?status=`: no filter)
+        status=(
+            JobStatus | Annotated[str, Field(max_length=0)],
+            _optional(description="Only jobs in this status (empty: every status)."),
+        ),
         limit=(int, Field(50, ge=1, le=limits.max_list_page, description="Jobs per page.")),
         cursor=(str, _optional(description="The `next_cursor` of the previous page.")),
     )
