@@ -22,8 +22,7 @@ from serve_app.config import ApiLimits, AppConfig
 from serve_app.errors import ApiError
 from serve_app.image_pool import decode_images
 from serve_app.images import DecodedImage, ImageLimits, ImageRejected, base64_payload
-from serve_app.jobs import NewJob
-from serve_app.jobs.records import ViewImage
+from serve_app.jobs import NewJob, ViewImage
 from serve_app.json_body import MAX_INTEGER_CHARS, JsonRejected, loads_bounded
 
 # What agents may set per request; everything else in GenerationParams is the operator's choice. The first
