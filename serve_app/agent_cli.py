@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deployments.contract import JOB_STATUSES, MESH_FORMATS, PRIORITIES
+from deployments.contract import FRONT_VIEW, JOB_STATUSES, MESH_FORMATS, PRIORITIES, VIEW_NAMES
 from deployments.terminal import StatusLine, short_id
 
 if TYPE_CHECKING:
@@ -32,8 +32,19 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     common.add_argument("--url", help="API base URL; default: the key file's url")
     commands = agent.add_subparsers(dest="agent_command", required=True)
 
-    submit = commands.add_parser("submit", parents=[common], help="submit one job per image")
-    submit.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG, JPEG or WebP files")
+    submit = commands.add_parser(
+        "submit", parents=[common], help="submit one job per image, or one multiview job from --view images"
+    )
+    submit.add_argument("images", nargs="*", type=Path, metavar="IMAGE", help="PNG, JPEG or WebP files")
+    submit.add_argument(
+        "--view",
+        dest="views",
+        action="append",
+        type=_view_argument,
+        metavar="NAME=IMAGE",
+        help=f"one view of a multiview job (repeat; names {', '.join(VIEW_NAMES)}; front required), "
+        "instead of IMAGE files",
+    )
     submit.add_argument("--seed", type=int, metavar="S", help="seed of every job (default: one drawn per job)")
     submit.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N", help="denoising steps")
     submit.add_argument("--octree-resolution", type=int, metavar="R", help="mesh extraction grid resolution")
@@ -62,17 +73,48 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     return agent
 
 
+def _view_argument(value: str) -> tuple[str, Path]:
+    """``front=cat.png`` -> ("front", Path("cat.png")); the server checks the name."""
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=IMAGE such as front=cat.png, got {value!r}")
+    return name, Path(path)
+
+
+def _views(pairs: list[tuple[str, Path]]) -> dict[str, Path]:
+    views: dict[str, Path] = {}
+    for name, path in pairs:
+        if name in views:
+            raise ValueError(f"--view {name} given twice; give each view once")
+        views[name] = path
+    return views
+
+
 def _submit(client: AgentClient, args: argparse.Namespace) -> tuple[Any, int]:
-    """Submit every image first (so they queue together), then wait for and download each in turn."""
+    """Submit every image first (so they queue together), then wait for and download each in turn.
+
+    With ``--view``: one multiview job from the named images; its mesh is named after the front view."""
     params = {name: getattr(args, name) for name in ("num_inference_steps", "octree_resolution", "guidance_scale")}
     params = {name: value for name, value in params.items() if value is not None}
-    jobs = [
-        client.submit(image, seed=args.seed, params=params or None, priority=args.priority, model=args.model)
-        for image in args.images
-    ]
-    results: list[dict[str, Any]] = [
-        {"image": str(image), "job": job} for image, job in zip(args.images, jobs, strict=True)
-    ]
+    options: dict[str, Any] = {
+        "seed": args.seed,
+        "params": params or None,
+        "priority": args.priority,
+        "model": args.model,
+    }
+    results: list[dict[str, Any]]
+    if args.views:
+        if args.images:
+            raise ValueError("give IMAGE files or --view NAME=IMAGE options, not both")
+        views = _views(args.views)
+        job = client.submit(views=views, **options)
+        front = views.get(FRONT_VIEW, Path("views"))
+        results = [{"image": str(front), "views": {name: str(path) for name, path in views.items()}, "job": job}]
+    elif args.images:
+        jobs = [client.submit(image, **options) for image in args.images]
+        results = [{"image": str(image), "job": job} for image, job in zip(args.images, jobs, strict=True)]
+    else:
+        raise ValueError("give one or more IMAGE files, or --view front=IMAGE (and --view left=..., back, right)")
     if not (args.wait or args.out is not None):
         return results, 0
     out = args.out or Path(".")

@@ -15,12 +15,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Json, create_model
 
 from deployments.contract import (
+    FRONT_VIEW,
     MAX_SEED,
     MIN_FACE_BUDGET,
+    VIEW_NAMES,
     JobStatus,
     MeshFormat,
     Priority,
     RemoveBackground,
+    ViewName,
 )
 from serve_app.config import ApiLimits
 from serve_app.routes import MAX_IDEMPOTENCY_KEY
@@ -58,6 +61,9 @@ class JobView(BaseModel):
     model: str
     seed: int = Field(ge=0, le=MAX_SEED, description="The seed used: the agent's, or one the service drew.")
     params: dict[str, Any]
+    views: list[ViewName] = Field(
+        description='The named views the job was given, `front` first; `["front"]` for a single-image job.'
+    )
     batch_id: str | None
     created_at: str | None = Field(description="ISO 8601, UTC.")
     started_at: str | None
@@ -204,6 +210,25 @@ _SEED_DESCRIPTION = (
     "JSON number in JavaScript: send them from a client with 64-bit integers."
 )
 _IMAGE_DESCRIPTION = "The image (PNG, JPEG or WebP), base64 (standard alphabet; a `data:` URL prefix is accepted)."
+_VIEWS_DESCRIPTION = (
+    "A multiview job's images by view name instead of `image` (`front` required: it is the job's image), each "
+    "as `image` is sent. Every view passes the image checks; all count towards `max_request_pixels`. "
+    "Models that take one image fail such a job with `invalid_request`."
+)
+
+
+def _image_or_views(image: str, views: str) -> dict[str, Any]:
+    """The body needs the one or the other (sending both is refused too: `image_and_views`)."""
+    return {"anyOf": [{"required": [image]}, {"required": [views]}]}
+
+
+def _views_model() -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        name: (str, Field(description=_IMAGE_DESCRIPTION) if name == FRONT_VIEW else _optional()) for name in VIEW_NAMES
+    }
+    return create_model(
+        "JobViews", __config__=_FORBID, __doc__="Named views, `front` required (the others optional).", **fields
+    )
 
 
 @dataclass(frozen=True)
@@ -244,20 +269,31 @@ def request_models(limits: ApiLimits, model_names: Sequence[str]) -> RequestMode
         remove_floaters=(bool, _optional()),
         remove_background=(RemoveBackground, _optional(description="`auto`: only if the image has no alpha.")),
     )
+    views = _views_model()
     job: type[BaseModel] = create_model(
         "JobSubmission",
-        __config__=_FORBID,
-        __doc__="One job as JSON.",
-        image=(str, Field(description=_IMAGE_DESCRIPTION)),
+        __config__=ConfigDict(extra="forbid", json_schema_extra=_image_or_views("image", "views")),
+        __doc__="One job as JSON: `image`, or `views` for a multiview job.",
+        image=(str, _optional(description=_IMAGE_DESCRIPTION)),
+        views=(views, _optional(description=_VIEWS_DESCRIPTION)),
         seed=(Seed | None, Field(None, description=_SEED_DESCRIPTION)),
         params=(params | None, Field(None)),
         priority=(Priority | None, Field(None, description="`critical` needs the `jobs:critical` scope.")),
         model=(served | None, Field(None, description=model_description)),
     )
+    view_files: dict[str, Any] = {
+        f"view_{name}": (
+            bytes,
+            _optional(description=f"The {name} view's file (multiview jobs; `view_front` required then)."),
+        )
+        for name in VIEW_NAMES
+    }
     job_upload: type[BaseModel] = create_model(
         "JobUpload",
-        __doc__="One job as multipart/form-data: the image file plus optional form fields.",
-        image=(bytes, Field(description="The image file (PNG, JPEG or WebP).")),
+        __config__=ConfigDict(json_schema_extra=_image_or_views("image", f"view_{FRONT_VIEW}")),
+        __doc__="One job as multipart/form-data: the image file (or `view_<name>` files) plus optional form fields.",
+        image=(bytes, _optional(description="The image file (PNG, JPEG or WebP).")),
+        **view_files,
         seed=(Seed, _optional(description=_SEED_DESCRIPTION)),
         params=(str, _optional(description="A JSON object of generation parameters (see JobParams), as text.")),
         priority=(Priority, _optional(description="`critical` needs the `jobs:critical` scope.")),
@@ -265,8 +301,9 @@ def request_models(limits: ApiLimits, model_names: Sequence[str]) -> RequestMode
     )
     item: type[BaseModel] = create_model(
         "BatchItem",
-        __config__=_FORBID,
-        image=(str, Field(description=_IMAGE_DESCRIPTION)),
+        __config__=ConfigDict(extra="forbid", json_schema_extra=_image_or_views("image", "views")),
+        image=(str, _optional(description=_IMAGE_DESCRIPTION)),
+        views=(views, _optional(description=_VIEWS_DESCRIPTION)),
         seed=(Seed | None, Field(None, description=_SEED_DESCRIPTION)),
         model=(served | None, Field(None, description="This item's model; omitted: the batch's.")),
     )

@@ -8,6 +8,9 @@ error response becomes an :class:`ApiRequestError` carrying the server's code an
         job = client.submit("cat.png", seed=7, params={"octree_resolution": 256})
         done = client.wait(job["job_id"])
         client.download(done["job_id"], "glb", path="cat.glb")
+
+A multiview model takes named views instead of one image: ``client.submit(views={"front": "cat.png",
+"left": "cat-left.png"})`` (``front`` required; ``left``, ``back``, ``right`` optional).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ PROGRESS_POLL_S = 1.0
 
 # path, raw bytes, or anything with PIL's ``save(fp, format=...)`` (not imported: the SDK does not need PIL)
 ImageInput = str | os.PathLike[str] | bytes | Any
+# a multiview job's images by view name: front (required), left, back, right
+ViewsInput = Mapping[str, ImageInput]
 
 
 class ApiRequestError(Exception):
@@ -117,6 +122,20 @@ def image_base64(image: ImageInput) -> str:
     else:
         raise TypeError(f"image must be a path, bytes or a PIL image, got {type(image).__name__}")
     return base64.b64encode(data).decode("ascii")
+
+
+def views_base64(views: ViewsInput) -> dict[str, str]:
+    """Each view's image as :func:`image_base64`; the names go as given (the server checks them)."""
+    if not isinstance(views, Mapping):
+        raise TypeError(f"views must map view names to images, got {type(views).__name__}")
+    return {str(name): image_base64(image) for name, image in views.items()}
+
+
+def _job_input(image: ImageInput | None, views: ViewsInput | None) -> dict[str, Any]:
+    """The ``image`` or ``views`` field of a job or batch item: exactly one of them."""
+    if (image is None) == (views is None):
+        raise ValueError("give exactly one of image or views (views={'front': ..., 'left': ...})")
+    return {"image": image_base64(image)} if views is None else {"views": views_base64(views)}
 
 
 class AgentClient:
@@ -219,8 +238,9 @@ class AgentClient:
 
     def submit(
         self,
-        image: ImageInput,
+        image: ImageInput | None = None,
         *,
+        views: ViewsInput | None = None,
         seed: int | None = None,
         params: Mapping[str, Any] | None = None,
         priority: Priority = "normal",
@@ -229,8 +249,11 @@ class AgentClient:
     ) -> dict[str, Any]:
         """Queue one job; returns its view (``job_id``, ``status`` "queued", ``status_url``, ...).
 
-        ``model``: one of ``capabilities()["models"]`` names; None: the service's default model."""
-        body: dict[str, Any] = {"image": image_base64(image), "priority": priority}
+        Give ``image``, or ``views`` for a multiview job: ``{"front": image, "left": ..., "back": ...,
+        "right": ...}``, front required, each a path, bytes or PIL image like ``image``.
+        ``model``: one of ``capabilities()["models"]`` names; None: the service's default model.
+        """
+        body: dict[str, Any] = {**_job_input(image, views), "priority": priority}
         if model is not None:
             body["model"] = model
         if seed is not None:
@@ -241,7 +264,7 @@ class AgentClient:
 
     def submit_batch(
         self,
-        images: Iterable[ImageInput],
+        images: Iterable[ImageInput | ViewsInput],
         *,
         seeds: Sequence[int | None] | None = None,
         params: Mapping[str, Any] | None = None,
@@ -250,8 +273,13 @@ class AgentClient:
         model: str | None = None,
     ) -> dict[str, Any]:
         """Queue several jobs at once, same params and model (None: the default); returns
-        ``{batch_id, status_url, jobs}``."""
-        items: list[dict[str, Any]] = [{"image": image_base64(image)} for image in images]
+        ``{batch_id, status_url, jobs}``.
+
+        Each item is an image, or a mapping of view names to images (a multiview job, as ``submit(views=)``).
+        """
+        items: list[dict[str, Any]] = [
+            _job_input(None, item) if isinstance(item, Mapping) else _job_input(item, None) for item in images
+        ]
         if seeds is not None:
             if len(seeds) != len(items):
                 raise ValueError(f"got {len(seeds)} seeds for {len(items)} images; give one per image (or None)")

@@ -33,7 +33,15 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.contract import MAX_SEED, TERMINAL_STATUSES, JobStatus, MeshFormat, Priority, RemoveBackground
+from deployments.contract import (
+    MAX_SEED,
+    TERMINAL_STATUSES,
+    JobStatus,
+    MeshFormat,
+    Priority,
+    RemoveBackground,
+    ViewName,
+)
 from serve_app.client import AgentClient, ApiRequestError
 
 MAX_TOOL_WAIT_S = 60.0
@@ -41,7 +49,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 _DATA_URL = re.compile(r"^data:[^,]*;base64,", re.IGNORECASE)
 
 INSTRUCTIONS = """\
-ORFEAS turns one image of an object into a 3D mesh. Typical flow: generate_3d_shape (returns a queued job
+ORFEAS turns one image of an object (or, for a multiview model, its front, left, back and right views) into a 3D
+mesh. Typical flow: generate_3d_shape (returns a queued job
 at once) -> get_job with wait_s (repeat until status is succeeded, failed, cancelled or expired) ->
 download_mesh to a local path. Jobs take from seconds to minutes. Errors start with the API's error code."""
 
@@ -68,6 +77,7 @@ class Job(BaseModel):
     model: str | None = None
     seed: int | None = None
     params: dict[str, Any] | None = None
+    views: list[ViewName] | None = Field(None, description="the views the job was given, front first")
     batch_id: str | None = None
     created_at: str | None = None
     started_at: str | None = None
@@ -81,6 +91,15 @@ class Job(BaseModel):
     events_url: str | None = None
     result_expires_at: str | None = None
     result_urls: dict[str, str] | None = None
+
+
+class ViewSource(BaseModel):
+    """One view's image: exactly one of a path or base64, as generate_3d_shape's image_path / image_base64."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(None, description="a PNG, JPEG or WebP file readable by this MCP server")
+    base64: str | None = Field(None, description="the image as standard base64 (a data: URL works too)")
 
 
 class JobPage(BaseModel):
@@ -129,6 +148,13 @@ class OrfeasTools:
         image_base64: Annotated[
             str | None, Field(description="the image as standard base64 (a data: URL works too)")
         ] = None,
+        views: Annotated[
+            dict[ViewName, ViewSource] | None,
+            Field(
+                description="instead of an image, for multiview models: {front: {path|base64}, left: ..., back: ..., "
+                "right: ...}, front required"
+            ),
+        ] = None,
         seed: Annotated[int | None, Field(ge=0, le=MAX_SEED, description="default: one drawn by the service")] = None,
         params: Annotated[
             dict[str, Any] | None,
@@ -148,9 +174,19 @@ class OrfeasTools:
     ) -> Job:
         """Queue a job that turns one image of an object into a 3D mesh; returns the queued job at once.
 
-        Give exactly one of image_path or image_base64. Follow up with get_job (wait_s) and download_mesh.
+        Give exactly one of image_path or image_base64, or views (a multiview model's front and other views).
+        Follow up with get_job (wait_s) and download_mesh.
         """
-        image = _image_bytes(image_path, image_base64)
+        image: bytes | None = None
+        view_images: dict[str, bytes] | None = None
+        if views is not None:
+            if image_path is not None or image_base64 is not None:
+                raise ToolError("invalid_arguments: give views or an image (image_path, image_base64), not both")
+            view_images = {
+                name: _image_bytes(source.path, source.base64, f"views.{name}.") for name, source in views.items()
+            }
+        else:
+            image = _image_bytes(image_path, image_base64)
         job_params = dict(params or {})
         if remove_background is not None:
             job_params["remove_background"] = remove_background
@@ -160,6 +196,7 @@ class OrfeasTools:
             # a fresh idempotency key per call lets the client retry a full queue or a lost connection safely
             job = self._client.submit(
                 image,
+                views=view_images,
                 seed=seed,
                 params=job_params or None,
                 priority=priority,
@@ -241,18 +278,21 @@ class OrfeasTools:
         return self._server_max_wait
 
 
-def _image_bytes(image_path: str | None, image_base64: str | None) -> bytes:
+def _image_bytes(image_path: str | None, image_base64: str | None, where: str = "") -> bytes:
+    """The image of the tool call (``where`` ''), or of one view (``where`` 'views.left.', its keys then named
+    ``path`` and ``base64``)."""
+    path_arg, base64_arg = ("image_path", "image_base64") if not where else (f"{where}path", f"{where}base64")
     if image_base64 is not None and image_path is None:
         try:
             return base64.b64decode(_DATA_URL.sub("", image_base64, count=1), validate=True)
         except (binascii.Error, ValueError):
-            raise ToolError("invalid_base64: image_base64 is not valid standard base64") from None
+            raise ToolError(f"invalid_base64: {base64_arg} is not valid standard base64") from None
     if image_path is None or image_base64 is not None:
-        raise ToolError("invalid_arguments: give exactly one of image_path or image_base64")
+        raise ToolError(f"invalid_arguments: give exactly one of {path_arg} or {base64_arg}")
     try:
         return Path(image_path).expanduser().read_bytes()
     except OSError as exc:
-        raise ToolError(f"image_unreadable: cannot read image_path {image_path}: {exc.strerror or exc}") from None
+        raise ToolError(f"image_unreadable: cannot read {path_arg} {image_path}: {exc.strerror or exc}") from None
 
 
 def build_server(client: AgentClient, *, log_level: LogLevel = "WARNING") -> MCPServer:

@@ -131,7 +131,8 @@ _SUBMISSION_ERRORS: dict[int, Reply] = {
     413: _error("`image_too_large`, `decode_budget_exceeded`, `too_many_items`"),
     415: _error("`unsupported_content_type`"),
     422: _error(
-        "`missing_image`, `invalid_image`, `invalid_image_field`, `invalid_params`, `invalid_seed`, "
+        "`missing_image`, `invalid_image`, `invalid_image_field`, `image_and_views`, `missing_front_view`, "
+        "`unknown_view`, `invalid_views`, `invalid_params`, `invalid_seed`, "
         "`invalid_priority`, `invalid_items`, `invalid_field`, `unknown_field`, `unknown_model` (the body's "
         "`models` lists the served ones), "
         "`idempotency_key_reused` (and the image codes of the agent guide)"
@@ -184,7 +185,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             ),
             **_SUBMISSION_ERRORS,
         },
-        description="JSON with a base64 image, or multipart/form-data with an `image` file.",
+        description="JSON with a base64 image, or multipart/form-data with an `image` file. A multiview job sends "
+        "`views` (JSON) or `view_front`, `view_left`, `view_back`, `view_right` files (multipart) instead, `front` "
+        "required.",
         body={"application/json": "job", "multipart/form-data": "job_upload"},
         headers=(_IDEMPOTENCY,),
     ),

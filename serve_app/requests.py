@@ -1,6 +1,8 @@
 """Parsing and validating agent request bodies into store inputs (no I/O besides reading the body).
 
-JSON bodies carry images as base64; multipart bodies carry an ``image`` file plus form fields. Every
+JSON bodies carry images as base64; multipart bodies carry an ``image`` file plus form fields. A multiview job
+sends named ``views`` instead of ``image`` (JSON: an object of base64 strings; multipart: ``view_<name>``
+files), ``front`` required: it becomes the job's image, the others its extra views. Every
 problem is an :class:`~serve_app.errors.ApiError` with a specific code: 415 for a content type we do not
 take, 400 for malformed or too deeply nested JSON, 413 for oversized images or requests, 422 for values out
 of range. The cheap fields are checked first; the images are decoded last, in the decode pool.
@@ -8,19 +10,19 @@ of range. The cheap fields are checked first; the images are decoded last, in th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from deployments.contract import MAX_SEED, MIN_FACE_BUDGET, PRIORITIES, split_job_params
+from deployments.contract import FRONT_VIEW, MAX_SEED, MIN_FACE_BUDGET, PRIORITIES, VIEW_NAMES, split_job_params
 from serve_app.config import ApiLimits, AppConfig
 from serve_app.errors import ApiError
 from serve_app.image_pool import decode_images
 from serve_app.images import DecodedImage, ImageLimits, ImageRejected, base64_payload
-from serve_app.jobs import NewJob
+from serve_app.jobs import NewJob, ViewImage
 from serve_app.json_body import MAX_INTEGER_CHARS, JsonRejected, loads_bounded
 from serve_app.model_catalog import ServedModel
 
@@ -34,15 +36,17 @@ API_PARAMS = (
     "remove_floaters",
     "remove_background",
 )
-_JOB_FIELDS = {"image", "seed", "params", "priority", "model"}
+_JOB_FIELDS = {"image", "views", "seed", "params", "priority", "model"}
 _BATCH_FIELDS = {"items", "params", "priority", "model"}
-_ITEM_FIELDS = {"image", "seed", "model"}
+_ITEM_FIELDS = {"image", "views", "seed", "model"}
+# multipart file field of each view: view_front, view_left, ...
+_VIEW_FILE_PREFIX = "view_"
 _STORED_EXTENSIONS = {"PNG": "png", "JPEG": "jpg"}
 # names and values echoed in error messages are cut: a hostile body must not come back inflated
 _SHOWN_NAMES = 10
 _SHOWN_CHARS = 64
-# Parts a multipart job may hold. Files past the one 'image' are parsed (the body is bounded and already read)
-# so that the refusal can name the field; more parts than these are a malformed body.
+# Parts a multipart job may hold (up to four view files). Files past the one 'image' are parsed (the body is
+# bounded and already read) so that the refusal can name the field; more parts than these are a malformed body.
 _MAX_FORM_FILES = 8
 _MAX_FORM_FIELDS = 8
 
@@ -52,6 +56,8 @@ class ParsedBody:
     fields: dict[str, Any]
     # multipart uploads: the image file's bytes (JSON bodies carry base64 in fields["image"])
     upload: bytes | None = None
+    # multipart uploads of a multiview job: view name -> file bytes, front among them (JSON: fields["views"])
+    view_uploads: Mapping[str, bytes] = field(default_factory=dict)
 
 
 async def read_body(request: Request, limits: ApiLimits) -> ParsedBody:
@@ -84,7 +90,8 @@ async def _read_multipart(request: Request, limits: ApiLimits) -> ParsedBody:
             400,
             "invalid_multipart",
             f"the multipart/form-data body cannot be parsed ({_shown(exc.detail)}); send one file field 'image' "
-            "and the form fields seed, params, priority, model, with the boundary of the Content-Type header",
+            "(or view_front, view_left, ... files) and the form fields seed, params, priority, model, with the "
+            "boundary of the Content-Type header",
         ) from None
     try:
         return await _parse_form(form, limits)
@@ -95,14 +102,33 @@ async def _read_multipart(request: Request, limits: ApiLimits) -> ParsedBody:
 async def _parse_form(form: Any, limits: ApiLimits) -> ParsedBody:
     fields: dict[str, Any] = {}
     upload: bytes | None = None
+    views: dict[str, bytes] = {}
     for name, value in form.multi_items():
-        if hasattr(value, "read"):
+        if hasattr(value, "read") and name.startswith(_VIEW_FILE_PREFIX):
+            view = name.removeprefix(_VIEW_FILE_PREFIX)
+            _check_view_names([view], "the multipart view files", _VIEW_FILE_PREFIX, complete=False)
+            if view in views:
+                raise ApiError(
+                    400, "unexpected_file_field", f"a second {name!r} file; send each view file at most once"
+                )
+            views[view] = await value.read()
+        elif hasattr(value, "read"):
             if name != "image" or upload is not None:
                 what = "a second 'image' file" if name == "image" else f"file field {_shown(name)!r}"
                 raise ApiError(
-                    400, "unexpected_file_field", f"unexpected {what}; send exactly one file, the field 'image'"
+                    400,
+                    "unexpected_file_field",
+                    f"unexpected {what}; send exactly one file, the field 'image' (or one file per view: "
+                    f"{', '.join(_VIEW_FILE_PREFIX + view for view in VIEW_NAMES)})",
                 )
             upload = await value.read()
+        elif name == "views":
+            raise ApiError(
+                422,
+                "invalid_views",
+                "multipart bodies send views as files (view_front, view_left, view_back, view_right), "
+                "not a 'views' field",
+            )
         elif name == "params":
             try:
                 fields["params"] = loads_bounded(
@@ -120,8 +146,18 @@ async def _parse_form(form: Any, limits: ApiLimits) -> ParsedBody:
                 raise ApiError(422, "invalid_seed", "form field 'seed' must be an integer") from None
         else:
             fields[name] = value
+    if views:
+        if upload is not None:
+            raise _image_and_views("the file 'image' and view files", f"{_VIEW_FILE_PREFIX}{FRONT_VIEW}")
+        _check_view_names(views, "the multipart view files", _VIEW_FILE_PREFIX)
+        return ParsedBody(fields, None, views)
     if upload is None:
-        raise ApiError(422, "missing_image", "multipart body needs a file field named 'image'")
+        raise ApiError(
+            422,
+            "missing_image",
+            f"multipart body needs a file field named 'image' (or, for a multiview job, '{_VIEW_FILE_PREFIX}front' "
+            "and optional view_left, view_back, view_right files)",
+        )
     return ParsedBody(fields, upload)
 
 
@@ -226,6 +262,68 @@ def _priority(value: object) -> str:
     return str(value)
 
 
+def _check_view_names(names: Iterable[str], where: str, prefix: str = "", *, complete: bool = True) -> None:
+    """Known view names only (``unknown_view``) and, when ``complete`` (all names known), ``front`` among them
+    (``missing_front_view``)."""
+    given = list(names)
+    unknown = [name for name in given if name not in VIEW_NAMES]
+    if unknown:
+        raise ApiError(
+            422,
+            "unknown_view",
+            f"unknown view(s) {_names(prefix + name for name in unknown)} in {where}; views are "
+            f"{[prefix + name for name in VIEW_NAMES]}",
+        )
+    if complete and FRONT_VIEW not in given:
+        raise ApiError(
+            422,
+            "missing_front_view",
+            f"no '{prefix}{FRONT_VIEW}' in {where}: the front view is required (it is the job's image); "
+            f"{', '.join(prefix + name for name in VIEW_NAMES if name != FRONT_VIEW)} are optional",
+        )
+
+
+def _image_and_views(what: str, front: str) -> ApiError:
+    return ApiError(
+        422,
+        "image_and_views",
+        f"{what} were both sent; send either one image or the views, with the image as {front!r}",
+    )
+
+
+def _view_payloads(
+    fields: dict[str, Any], body: ParsedBody | None, limits: ImageLimits, where: str
+) -> dict[str, tuple[bytes, str]]:
+    """The images of a job or batch item (``where``: '' or 'items[3].'), by view name in ``VIEW_NAMES`` order,
+    each as (bytes, field name for errors): the front view alone for a plain ``image``."""
+    if body is not None and body.view_uploads:  # multipart: _parse_form checked the names
+        uploads = body.view_uploads
+        return {name: (uploads[name], _VIEW_FILE_PREFIX + name) for name in VIEW_NAMES if name in uploads}
+    if "views" not in fields:
+        upload = None if body is None else body.upload
+        return {FRONT_VIEW: _image_bytes(fields, upload, limits, f"{where}image")}
+    views = fields["views"]
+    if "image" in fields:
+        raise _image_and_views(f"'{where}image' and '{where}views'", f"{where}views.{FRONT_VIEW}")
+    if not isinstance(views, dict):
+        raise ApiError(
+            422,
+            "invalid_views",
+            f"'{where}views' must be an object of view name -> base64 image, e.g. "
+            '{"front": "<base64>", "left": "<base64>"}',
+        )
+    _check_view_names(views, f"'{where}views'")
+    payloads: dict[str, tuple[bytes, str]] = {}
+    for name in VIEW_NAMES:
+        if name in views:
+            field_name = f"{where}views.{name}"
+            try:
+                payloads[name] = (base64_payload(views[name], limits, field_name), field_name)
+            except ImageRejected as exc:
+                raise ApiError(exc.status, exc.code, exc.message) from None
+    return payloads
+
+
 def _image_bytes(fields: dict[str, Any], upload: bytes | None, limits: ImageLimits, field: str) -> tuple[bytes, str]:
     """The image of a job or a batch item: the multipart file, else the base64 field, which must be present
     (``missing_image``) and a non-empty string (``invalid_image_field``)."""
@@ -240,7 +338,22 @@ def _image_bytes(fields: dict[str, Any], upload: bytes | None, limits: ImageLimi
 
 
 def _missing_image(field: str) -> ApiError:
-    return ApiError(422, "missing_image", f"'{field}' (a base64 PNG, JPEG or WebP file) is required")
+    views = field.removesuffix("image") + "views"
+    return ApiError(
+        422,
+        "missing_image",
+        f"'{field}' (a base64 PNG, JPEG or WebP file) is required, or '{views}' with at least '{FRONT_VIEW}'",
+    )
+
+
+async def _decoded_views(
+    payloads: list[dict[str, tuple[bytes, str]]], config: AppConfig
+) -> list[dict[str, DecodedImage]]:
+    """Every image of one request decoded together, so that the request's pixel budget counts every view of
+    every job; returned per job, by view name."""
+    flat = [payload for job in payloads for payload in job.values()]
+    decoded = iter(await _decoded(flat, config))
+    return [{name: next(decoded) for name in job} for job in payloads]
 
 
 async def _decoded(payloads: list[tuple[bytes, str]], config: AppConfig) -> list[DecodedImage]:
@@ -262,8 +375,9 @@ def image_limits(config: AppConfig) -> ImageLimits:
 
 
 def _new_job(
-    image: DecodedImage, seed: int | None, params: dict[str, Any], priority: str, model: ServedModel
+    views: dict[str, DecodedImage], seed: int | None, params: dict[str, Any], priority: str, model: ServedModel
 ) -> NewJob:
+    image = views[FRONT_VIEW]
     return NewJob(
         image=image.data,
         model=model.name,
@@ -271,21 +385,26 @@ def _new_job(
         params=params,
         priority=priority,  # type: ignore[arg-type]
         image_format=_STORED_EXTENSIONS[image.format],  # the re-encoded bytes' format, not the upload's
+        views={
+            name: ViewImage(view.data, _STORED_EXTENSIONS[view.format])
+            for name, view in views.items()
+            if name != FRONT_VIEW
+        },
     )
 
 
 async def parse_job(body: ParsedBody, config: AppConfig) -> NewJob:
     fields = body.fields
     _unknown(fields, _JOB_FIELDS, "the job")
-    if body.upload is None and "image" not in fields:
+    if body.upload is None and not body.view_uploads and "image" not in fields and "views" not in fields:
         raise _missing_image("image")
     model = served_model(fields.get("model"), config)
     params = generation_params(fields.get("params"), config, model)
     seed = _seed(fields.get("seed"), "the job's")
     priority = _priority(fields.get("priority"))
-    payload = _image_bytes(fields, body.upload, image_limits(config), "image")
-    (image,) = await _decoded([payload], config)
-    return _new_job(image, seed, params, priority, model)
+    payloads = _view_payloads(fields, body, image_limits(config), "")
+    (views,) = await _decoded_views([payloads], config)
+    return _new_job(views, seed, params, priority, model)
 
 
 async def parse_batch(body: ParsedBody, config: AppConfig) -> list[NewJob]:
@@ -295,7 +414,9 @@ async def parse_batch(body: ParsedBody, config: AppConfig) -> list[NewJob]:
     _unknown(fields, _BATCH_FIELDS, "the batch")
     items = fields.get("items")
     if not isinstance(items, list) or not items:
-        raise ApiError(422, "invalid_items", "'items' must be a non-empty list of {image, seed?} objects")
+        raise ApiError(
+            422, "invalid_items", "'items' must be a non-empty list of {image, seed?} (or {views, seed?}) objects"
+        )
     if len(items) > config.limits.max_batch_items:
         raise ApiError(
             413, "too_many_items", f"a batch holds at most {config.limits.max_batch_items} items, got {len(items)}"
@@ -315,9 +436,9 @@ async def parse_batch(body: ParsedBody, config: AppConfig) -> list[NewJob]:
             params_of[model.name] = generation_params(fields.get("params"), config, model)
         models.append(model)
         seeds.append(_seed(item.get("seed"), f"items[{index}]"))
-        payloads.append(_image_bytes(item, None, limits, f"items[{index}].image"))
-    images = await _decoded(payloads, config)
+        payloads.append(_view_payloads(item, None, limits, f"items[{index}]."))
+    decoded = await _decoded_views(payloads, config)
     return [
-        _new_job(image, seed, params_of[model.name], priority, model)
-        for image, seed, model in zip(images, seeds, models, strict=True)
+        _new_job(views, seed, params_of[model.name], priority, model)
+        for views, seed, model in zip(decoded, seeds, models, strict=True)
     ]

@@ -1,8 +1,9 @@
 """Retention: inputs, results, converted formats and the audit log are not kept forever (issue 9, item 6).
 
 What is deleted when:
-  - a job's input image: when the job reaches a terminal state (the store's terminal transitions do it;
-    a requeued job still needs it), or by the sweeper when a crash left it behind;
+  - a job's input image, and a multiview job's other views with it: when the job reaches a terminal state
+    (the store's terminal transitions do it; a requeued job still needs them), or by the sweeper when a crash
+    left them behind;
   - a job's result and its converted formats (``results/<job_id>/``): by the sweeper once
     ``finished_at + result_ttl_s`` has passed; ``GET .../result`` answers ``410 result_expired`` from that
     moment on, whether or not the sweeper ran yet;
@@ -35,6 +36,18 @@ logger = logging.getLogger("orfeas.retention")
 
 INPUTS_DIR = "inputs"
 RESULTS_DIR = "results"
+
+
+def input_relpath(job_id: str, image_format: str, view: str | None = None) -> str:
+    """Where a job's input lives: ``inputs/<job_id>.png``, a multiview job's other views beside it as
+    ``inputs/<job_id>.left.png``. Flat, so that one listing of ``inputs/`` finds every view of every job."""
+    name = job_id if view is None else f"{job_id}.{view}"
+    return f"{INPUTS_DIR}/{name}.{image_format}"
+
+
+def input_owner(relpath: str) -> str:
+    """The job id of an input file named by :func:`input_relpath` (job ids hold no dot)."""
+    return PurePosixPath(relpath).name.split(".", 1)[0]
 
 
 class RetentionSettings(BaseModel):
@@ -121,11 +134,12 @@ class Sweeper:
         entries = await asyncio.to_thread(self._artifacts.list_files, INPUTS_DIR)
         old = time.time() - self.settings.orphan_grace_s
         temps = [e for e in entries if e.temporary and e.mtime < old]
-        inputs = {PurePosixPath(e.relpath).stem: e for e in entries if not e.temporary}
-        statuses = await self._store.statuses(list(inputs))
+        # a multiview job owns several files here (its image and its other views): each is judged by its job
+        inputs = [(input_owner(e.relpath), e) for e in entries if not e.temporary]
+        statuses = await self._store.statuses(sorted({job_id for job_id, _ in inputs}))
         doomed = [
             entry
-            for job_id, entry in inputs.items()
+            for job_id, entry in inputs
             if statuses.get(job_id) in TERMINAL_STATUSES or (job_id not in statuses and entry.mtime < old)
         ]
         deleted_inputs = 0

@@ -34,6 +34,8 @@ def job_view(job: JobRecord) -> dict[str, Any]:
         "model": job.model,
         "seed": job.seed,
         "params": job.params,
+        # the named views the job was given, front first: ["front"] for a single-image job
+        "views": list(job.view_names),
         "batch_id": job.batch_id,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),

@@ -20,6 +20,7 @@ from serve_app.jobs.records import (
     QueueFull,
     QueueQuota,
     Submission,
+    ViewImage,
 )
 from serve_app.jobs.store import JobStore, utcnow
 
@@ -41,6 +42,7 @@ __all__ = [
     "QueueFull",
     "QueueQuota",
     "Submission",
+    "ViewImage",
     "request_fingerprint",
     "utcnow",
 ]

@@ -274,9 +274,9 @@ class Dispatcher:
         Raises the request's ``GenerationError``, ``ModelUnavailable`` or ``ResultNotStored``.
         """
         generate = self._model_call(job)
-        image = await asyncio.to_thread(self._artifacts.read_bytes, job.input_path)
+        image, views = await asyncio.to_thread(self._read_inputs, job)
         try:
-            request = GenerationRequest.from_job_params(image, job.seed, job.params, job.priority, job.id)
+            request = GenerationRequest.from_job_params(image, job.seed, job.params, job.priority, job.id, views=views)
         except (TypeError, ValueError) as exc:  # checked at submit; a config change since can still bite
             raise GenerationError(ErrorCode.INVALID_REQUEST, str(exc), job.id) from None
         started = time.perf_counter()
@@ -315,6 +315,12 @@ class Dispatcher:
                 job.id,
             )
         return generate
+
+    def _read_inputs(self, job: JobRecord) -> tuple[bytes, dict[str, bytes]]:
+        """The job's image (its front view) and a multiview job's other views, by name."""
+        image = self._artifacts.read_bytes(job.input_path)
+        views = {name: self._artifacts.read_bytes(relpath) for name, relpath in (job.view_paths or {}).items()}
+        return image, views
 
     def _publish(self, job: JobRecord, status: str, stage: str, progress: int, error_code: str | None = None) -> None:
         self.events.publish(JobEvent(job.id, job.agent, status, stage, progress, self._store.now(), error_code))

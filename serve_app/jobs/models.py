@@ -30,7 +30,9 @@ class JobRow(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     model: Mapped[str] = mapped_column(String(128))
-    input_path: Mapped[str] = mapped_column(String(255))
+    input_path: Mapped[str] = mapped_column(String(255))  # the image (a multiview job's front view)
+    # a multiview job's other views, {"left": "inputs/<id>.left.png", ...}; NULL for a single-image job
+    view_paths: Mapped[dict[str, str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)  # first claim
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime)  # latest claim; drives fairness

@@ -9,9 +9,39 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from deployments.contract import JOB_STATUSES, PRIORITIES, TERMINAL_STATUSES, JobStatus, Priority, check_seed
+from deployments.contract import (
+    FRONT_VIEW,
+    JOB_STATUSES,
+    PRIORITIES,
+    TERMINAL_STATUSES,
+    VIEW_NAMES,
+    JobStatus,
+    Priority,
+    ViewName,
+    check_seed,
+    check_view_names,
+)
 
 _IMAGE_FORMAT = re.compile(r"^[a-z0-9]{1,8}$")
+
+
+def _check_image_format(image_format: str, what: str) -> None:
+    # the format becomes a file extension of the stored input: keep it a short, safe name
+    if not _IMAGE_FORMAT.match(image_format):
+        raise ValueError(f"{what} must be a short lowercase extension such as 'png', got {image_format!r}")
+
+
+@dataclass(frozen=True)
+class ViewImage:
+    """One extra view of a multiview job: its re-encoded bytes and their format (a file extension)."""
+
+    data: bytes
+    format: str = "png"
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("a view's image must not be empty")
+        _check_image_format(self.format, "a view's format")
 
 
 @dataclass(frozen=True)
@@ -22,6 +52,8 @@ class NewJob:
     ``seed``: ``None`` lets the store draw one; it is recorded either way so the job can be reproduced.
     ``params``: generation parameters as ``GenerationParams.to_dict()`` keys; the store does not read them.
     ``deadline_s``: seconds the job may wait to start before it expires (``None``: the store's default).
+    ``views``: a multiview job's OTHER views (``left``, ``back``, ``right``); ``image`` is its front view.
+    Each is stored as an input artifact next to the image.
     """
 
     image: bytes
@@ -31,6 +63,7 @@ class NewJob:
     priority: Priority = "normal"
     deadline_s: float | None = None
     image_format: str = "png"
+    views: Mapping[str, ViewImage] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.image:
@@ -41,10 +74,11 @@ class NewJob:
             check_seed(self.seed)
         if self.deadline_s is not None and not self.deadline_s > 0:
             raise ValueError(f"deadline_s must be positive, got {self.deadline_s!r}")
-        if not _IMAGE_FORMAT.match(self.image_format):
-            raise ValueError(
-                f"image_format must be a short lowercase extension such as 'png', got {self.image_format!r}"
-            )
+        _check_image_format(self.image_format, "image_format")
+        check_view_names(self.views, extra_only=True)
+        for name, view in self.views.items():
+            if not isinstance(view, ViewImage):
+                raise TypeError(f"view {name!r} must be a ViewImage, got {type(view).__name__}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +111,9 @@ class JobRecord:
     mesh_stats: dict[str, Any] | None
     timings: dict[str, Any] | None
     result_path: str | None
+    # A multiview job's other views: name -> input artifact path (None for a single-image job). Defaulted so
+    # records built from rows of before revision 0003 (none in practice) still construct.
+    view_paths: dict[str, str] | None = None
     # Not a column: derived by the store from finished_at and the retention TTL (None: no result, or kept
     # forever), so that every view of the job can say when its result goes.
     result_expires_at: datetime | None = None
@@ -88,6 +125,17 @@ class JobRecord:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def view_names(self) -> tuple[ViewName, ...]:
+        """Every view of the job, front (its ``input_path``) first, in ``VIEW_NAMES`` order."""
+        extra = self.view_paths or {}
+        return tuple(name for name in VIEW_NAMES if name == FRONT_VIEW or name in extra)
+
+    @property
+    def input_paths(self) -> tuple[str, ...]:
+        """Every input artifact of the job: the image, then its other views."""
+        return (self.input_path, *(self.view_paths or {}).values())
 
 
 @dataclass(frozen=True)

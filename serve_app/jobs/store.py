@@ -7,10 +7,11 @@ Times come from an injected clock (naive UTC) so that tests can move it.
 
 Every terminal transition (complete, fail, cancel, expire, give up) writes the webhook deliveries of the jobs
 it ended in its own transaction (``serve_app.webhooks.outbox``), so none is lost to a crash after the commit,
-and deletes the job's input image right after its update commits: the input is only needed while the job may
-still run. One that ends without a result also deletes ``results/<job_id>/``, where a run that crashed before
-completing may have left its mesh. A delete that fails (the disk is read-only, the process dies) leaves the
-file to the retention sweeper; it never undoes the transition.
+and deletes the job's input image (and a multiview job's other views) right after its update commits: inputs
+are only needed while the job may still run. One that ends without a result also deletes
+``results/<job_id>/``, where a run that crashed before completing may have left its mesh. A delete that fails
+(the disk is read-only, the process dies) leaves the file to the retention sweeper; it never undoes the
+transition.
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ from serve_app.jobs.records import (
     Submission,
 )
 from serve_app.quota_store import lock_agent
-from serve_app.retention import RESULTS_DIR, RetentionSettings
+from serve_app.retention import RESULTS_DIR, RetentionSettings, input_relpath
 
 # a module, not its function: the outbox imports the jobs package (its tables) and so, in turn, this module
 from serve_app.webhooks import outbox as webhook_outbox
 
 Clock = Callable[[], datetime]
 MAX_PAGE_SIZE = 200
+# What a terminal transition returns of the jobs it ended: enough to delete every input they no longer need.
+_INPUT_COLUMNS = (JOBS.c.id, JOBS.c.input_path, JOBS.c.view_paths)
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +205,12 @@ class JobStore:
             "seed": job.seed if job.seed is not None else secrets.randbelow(MAX_SEED + 1),
             "params": dict(job.params),
             "model": job.model,
-            "input_path": f"inputs/{job_id}.{job.image_format}",
+            "input_path": input_relpath(job_id, job.image_format),
+            "view_paths": (
+                {name: input_relpath(job_id, view.format, name) for name, view in job.views.items()}
+                if job.views
+                else None
+            ),
             "created_at": now,
             "started_at": None,
             "claimed_at": None,
@@ -223,6 +231,9 @@ class JobStore:
         for row, job in zip(rows, jobs, strict=True):
             self._artifacts.put_bytes(row["input_path"], job.image)
             written.append(row["input_path"])
+            for name, view in job.views.items():
+                self._artifacts.put_bytes(row["view_paths"][name], view.data)
+                written.append(row["view_paths"][name])
 
     async def _replay(self, agent: str, job_id: str | None, batch_id: str | None) -> Submission:
         if batch_id is not None:
@@ -388,7 +399,7 @@ class JobStore:
                     update(JOBS)
                     .where(*owned)
                     .values(_failed_values(code, f"{message} (on all {max_attempts} attempts)", self._clock()))
-                    .returning(JOBS.c.id, JOBS.c.input_path)
+                    .returning(*_INPUT_COLUMNS)
                 )
             ).all()
             await self._enqueue_events(conn, failed)
@@ -435,7 +446,7 @@ class JobStore:
                 error_message="the job was not started before its deadline",
                 retryable=ErrorCode.DEADLINE_EXCEEDED.retryable,
             )
-            .returning(JOBS.c.id, JOBS.c.input_path)
+            .returning(*_INPUT_COLUMNS)
         )
         async with self._engine.begin() as conn:
             rows = (await conn.execute(stmt)).all()
@@ -462,7 +473,7 @@ class JobStore:
                     now,
                 )
             )
-            .returning(JOBS.c.id, JOBS.c.input_path)
+            .returning(*_INPUT_COLUMNS)
         )
         requeue = (
             update(JOBS)
@@ -528,7 +539,7 @@ class JobStore:
     async def _finish(self, stmt: Any, *, succeeded: bool = False) -> int:
         """Run a terminal transition, then delete what the jobs it finished no longer need; returns their number."""
         async with self._engine.begin() as conn:
-            rows = (await conn.execute(stmt.returning(JOBS.c.id, JOBS.c.input_path))).all()
+            rows = (await conn.execute(stmt.returning(*_INPUT_COLUMNS))).all()
             await self._enqueue_events(conn, rows)
         await self._drop_artifacts(rows, succeeded=succeeded)
         return len(rows)
@@ -540,13 +551,16 @@ class JobStore:
         )
 
     async def _drop_artifacts(self, rows: Sequence[Any], *, succeeded: bool = False) -> None:
-        """The inputs of ended jobs (``rows`` with ``id`` and ``input_path``); for jobs that ended without a
-        result also ``results/<id>/``: meshes of runs that crashed between writing and completing."""
+        """The inputs of ended jobs (``rows`` of :data:`_INPUT_COLUMNS`: the image and any other views); for
+        jobs that ended without a result also ``results/<id>/``: meshes of runs that crashed between writing
+        and completing."""
 
         def drop() -> None:
             # Neither call raises: what cannot be deleted now, the sweeper deletes later.
             for row in rows:
                 self._artifacts.delete(row.input_path)
+                for relpath in (row.view_paths or {}).values():
+                    self._artifacts.delete(relpath)
                 if not succeeded:
                     self._artifacts.delete_tree(f"{RESULTS_DIR}/{row.id}")
 

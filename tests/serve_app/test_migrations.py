@@ -8,6 +8,7 @@ import pkgutil
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
@@ -19,10 +20,12 @@ from serve_app.cli import main
 from serve_app.config import AppConfig
 from serve_app.db import Base, make_engine
 from serve_app.schema import (
+    INITIAL_REVISION,
     INITIAL_TABLES,
     MIGRATIONS_DIR,
     VERSION_TABLE,
     SchemaError,
+    alembic_config,
     head_revision,
     load_metadata,
     new_revision,
@@ -50,10 +53,11 @@ async def _differences(engine: AsyncEngine) -> list[object]:
 
 
 async def _create_all_of_revision_0001(engine: AsyncEngine) -> None:
-    """What a release before migrations made: ``create_all`` of the tables revision 0001 holds."""
-    metadata = load_metadata()
+    """What a release before migrations made: the tables revision 0001 holds (as written out there, not as the
+    models are now: later revisions add columns to them), and no version table."""
     async with engine.begin() as conn:
-        await conn.run_sync(lambda sync: metadata.create_all(sync, tables=[metadata.tables[t] for t in INITIAL_TABLES]))
+        await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), INITIAL_REVISION))
+        await conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
         await conn.execute(
             text("INSERT INTO auth_failures VALUES ('ip:192.0.2.1', 1.0, 3, 0, 0.0)")
         )  # data that must survive
