@@ -132,7 +132,7 @@ _SUBMISSION_ERRORS: dict[int, Reply] = {
     415: _error("`unsupported_content_type`"),
     422: _error(
         "`missing_image`, `invalid_image`, `invalid_image_field`, `image_and_views`, `missing_front_view`, "
-        "`unknown_view`, `invalid_views`, `invalid_params`, `invalid_seed`, "
+        "`unknown_view`, `invalid_views`, `views_not_supported`, `invalid_params`, `invalid_seed`, "
         "`invalid_priority`, `invalid_items`, `invalid_field`, `unknown_field`, `unknown_model` (the body's "
         "`models` lists the served ones), "
         "`idempotency_key_reused` (and the image codes of the agent guide)"

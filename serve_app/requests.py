@@ -324,6 +324,18 @@ def _view_payloads(
     return payloads
 
 
+def _check_model_views(payloads: dict[str, tuple[bytes, str]], model: ServedModel, where: str) -> None:
+    """Refuse views the job's model cannot take before anything is decoded (the replica would fail the job)."""
+    extra = [name for name in payloads if name not in model.views]
+    if extra:
+        raise ApiError(
+            422,
+            "views_not_supported",
+            f"{where} sends the view(s) {_names(extra)}, but model {model.name!r} takes only {list(model.views)}; "
+            "send the front view as 'image', or choose a multiview model (capabilities: models[].views)",
+        )
+
+
 def _image_bytes(fields: dict[str, Any], upload: bytes | None, limits: ImageLimits, field: str) -> tuple[bytes, str]:
     """The image of a job or a batch item: the multipart file, else the base64 field, which must be present
     (``missing_image``) and a non-empty string (``invalid_image_field``)."""
@@ -403,6 +415,7 @@ async def parse_job(body: ParsedBody, config: AppConfig) -> NewJob:
     seed = _seed(fields.get("seed"), "the job's")
     priority = _priority(fields.get("priority"))
     payloads = _view_payloads(fields, body, image_limits(config), "")
+    _check_model_views(payloads, model, "the job")
     (views,) = await _decoded_views([payloads], config)
     return _new_job(views, seed, params, priority, model)
 
@@ -437,6 +450,7 @@ async def parse_batch(body: ParsedBody, config: AppConfig) -> list[NewJob]:
         models.append(model)
         seeds.append(_seed(item.get("seed"), f"items[{index}]"))
         payloads.append(_view_payloads(item, None, limits, f"items[{index}]."))
+        _check_model_views(payloads[-1], model, f"items[{index}]")
     decoded = await _decoded_views(payloads, config)
     return [
         _new_job(views, seed, params_of[model.name], priority, model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from serve_app.images import ImageLimits, validate_image_bytes
 from serve_app.mcp_tools import build_server
 from tests.serve_app.conftest import png_bytes
 
-from .conftest import LiveApi
+from .conftest import LiveApi, serve_api
 from .test_mcp import TIMEOUT_S, call, call_error
 
 FRONT = png_bytes(color=(200, 40, 40, 255))
@@ -36,6 +37,23 @@ def _stored_views(api: LiveApi, job_id: str) -> dict[str, bytes]:
 
 def _normalised(data: bytes) -> bytes:
     return validate_image_bytes(data, ImageLimits()).data
+
+
+# the service's one model takes every view (a named 2mv variant); a single-view model refuses views
+MULTIVIEW_MODEL = "hunyuan3d-dit-v2-mv"
+
+
+@pytest.fixture
+def live_api(tmp_path: Path) -> Iterator[LiveApi]:
+    with serve_api(tmp_path, model_name=MULTIVIEW_MODEL) as api:
+        yield api
+
+
+@pytest.fixture
+def paused_live_api(tmp_path: Path) -> Iterator[LiveApi]:
+    """No dispatcher: jobs stay queued, their inputs stay on disk."""
+    with serve_api(tmp_path, model_name=MULTIVIEW_MODEL, dispatcher=False) as api:
+        yield api
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from .conftest import b64, png_bytes
 from .retention_helpers import App, start_app
 
 DEV_AGENT = "dev-agent"
+# the app's one model takes every view (a named 2mv variant); test_views_not_supported_* uses a single-view one
+MULTIVIEW_MODEL = "hunyuan3d-dit-v2-mv"
 FRONT = png_bytes(color=(200, 40, 40, 255))
 LEFT = png_bytes(color=(40, 200, 40, 255))
 BACK = png_bytes(color=(40, 40, 200, 255))
@@ -36,7 +38,7 @@ def model() -> FakeModel:
 
 @pytest.fixture
 async def app(tmp_path: Path, model: FakeModel) -> AsyncIterator[App]:
-    app = await start_app(tmp_path, generate=model)
+    app = await start_app(tmp_path, generate=model, model_name=MULTIVIEW_MODEL)
     yield app
     await app.stop()
 
@@ -44,7 +46,7 @@ async def app(tmp_path: Path, model: FakeModel) -> AsyncIterator[App]:
 @pytest.fixture
 async def paused(tmp_path: Path) -> AsyncIterator[App]:
     """No dispatcher: jobs stay queued, their inputs stay on disk."""
-    app = await start_app(tmp_path, dispatch=False)
+    app = await start_app(tmp_path, dispatch=False, model_name=MULTIVIEW_MODEL)
     yield app
     await app.stop()
 
@@ -212,7 +214,7 @@ async def test_views_exif_rotation_is_applied_to_each_view(paused: App) -> None:
 async def test_views_count_towards_the_request_pixel_budget(tmp_path: Path) -> None:
     # one 64x48 image is 3,072 pixels: two fit the budget, three do not
     limits = ApiLimits(max_image_pixels=4096, max_request_pixels=7000)
-    app = await start_app(tmp_path, dispatch=False, limits=limits)
+    app = await start_app(tmp_path, dispatch=False, limits=limits, model_name=MULTIVIEW_MODEL)
     try:
         assert (await _post(app, {"views": {"front": b64(FRONT), "left": b64(LEFT)}}))[0] == 202
         status, body = await _post(app, {"views": {"front": b64(FRONT), "left": b64(LEFT), "back": b64(BACK)}})
@@ -275,3 +277,20 @@ async def test_views_openapi_documents_views_and_their_codes(paused: App) -> Non
     refusals = document["paths"]["/api/agent/jobs"]["post"]["responses"]["422"]["description"]
     for code in ("image_and_views", "missing_front_view", "unknown_view", "invalid_views"):
         assert f"`{code}`" in refusals
+
+
+async def test_views_not_supported_by_a_single_view_model_are_refused_before_decoding(tmp_path: Path) -> None:
+    app = await start_app(tmp_path, dispatch=False)  # the default model: hunyuan3d-dit-v2-0, front only
+    try:
+        status, body = await _post(app, {"views": {"front": b64(FRONT), "back": b64(BACK)}})
+        assert (status, body["code"]) == (422, "views_not_supported")
+        assert "'back'" in body["message"] and "hunyuan3d-dit-v2-0" in body["message"]
+        batch = {"items": [{"image": b64(FRONT)}, {"views": {"front": b64(FRONT), "left": b64(LEFT)}}]}
+        response = await app.client.post("/api/agent/batches", json=batch)
+        assert (response.status_code, response.json()["code"]) == (422, "views_not_supported")
+        assert "items[1]" in response.json()["message"]
+        # the front view alone is a single-image job, which every model takes
+        status, _ = await _post(app, {"views": {"front": b64(FRONT)}})
+        assert status == 202
+    finally:
+        await app.stop()
