@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 
 from .background import BackgroundConfig
 from .hunyuan3d.acceleration_options import AccelerationOptions
+from .hunyuan3d.config import PositionInterpolation
 from .paths import resolve_path
 
 if TYPE_CHECKING:
@@ -98,6 +99,12 @@ class GeneratorConfig(BaseModel):
         default_factory=BackgroundConfig,
         description="How the replica removes the backgrounds of photos (jobs with `remove_background` auto on an "
         "image without alpha, or always).",
+    )
+    position_embedding_interpolation: PositionInterpolation | None = Field(
+        default=None,
+        description="How DINOv2 position embeddings are resized when a model conditions at another size than "
+        "518 px (mini-turbo: 1022). null/`size`: as transformers >= 4.45 and 5, what the official hy3dgen 2.0.2 and "
+        "hy3dshape run; `scale_factor`: as transformers < 4.45 ((S/14 + 0.1) / 37).",
     )
     acceleration: AccelerationOptions = Field(
         default_factory=AccelerationOptions,

@@ -73,7 +73,12 @@ def load_pipeline(config: GeneratorConfig) -> ShapePipeline:
         path = resolve_path(config.model)
         source = str(path) if path.exists() else config.model  # else a variant name
         return ShapePipeline.from_config(
-            source, seed=config.weights_seed, device=device, dtype=dtype, acceleration=config.acceleration
+            source,
+            seed=config.weights_seed,
+            device=device,
+            dtype=dtype,
+            acceleration=config.acceleration,
+            position_interpolation=config.position_embedding_interpolation,
         )
     return ShapePipeline.from_pretrained(
         resolve_path(config.model),
@@ -81,6 +86,7 @@ def load_pipeline(config: GeneratorConfig) -> ShapePipeline:
         dtype=dtype,
         acceleration=config.acceleration,
         vae=resolve_path(config.vae) if config.vae else None,
+        position_interpolation=config.position_embedding_interpolation,
     )
 
 

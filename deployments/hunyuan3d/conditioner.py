@@ -6,6 +6,8 @@ size + centre crop -> ImageNet normalisation -> last hidden state, CLS token kep
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +25,16 @@ class ImageConditioner(nn.Module):
         self.cfg = cfg
         dinov2 = {k: v for k, v in cfg.dinov2.items() if k not in ("torch_dtype", "dtype")}
         self.model = Dinov2Model(Dinov2Config(**dinov2))
+        if cfg.position_interpolation == "scale_factor":
+            embeddings = self.model.embeddings
+            patch = int(dinov2.get("patch_size", 14))
+
+            def interpolate(tokens: Tensor, height: int, width: int) -> Tensor:
+                table = embeddings.position_embeddings
+                return interpolate_by_scale_factor(table, patch, tokens.shape[1] - 1, height, width)
+
+            # an instance attribute shadows the method for this model only (no global patch of transformers)
+            embeddings.__dict__["interpolate_pos_encoding"] = interpolate
         self.model.eval()
         self.model.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
@@ -58,3 +70,24 @@ class ImageConditioner(nn.Module):
         return torch.zeros(
             batch_size, self.cfg.num_tokens, self.cfg.hidden_size, device=param.device, dtype=param.dtype
         )
+
+
+def interpolate_by_scale_factor(table: Tensor, patch: int, num_patches: int, height: int, width: int) -> Tensor:
+    """DINOv2 position embeddings ``table`` (1, 1 + N, C) for a ``height`` x ``width`` input of ``num_patches``
+    patches, resized the way transformers < 4.45 did.
+
+    Bicubic in float32 by the factors ``(height // patch + 0.1) / sqrt(N)`` (and width) rather than to an exact
+    size: the output has the same shape but its samples sit at slightly different positions.
+    """
+    num_positions = table.shape[1] - 1
+    if num_patches == num_positions and height == width:
+        return table
+    side = math.sqrt(num_positions)
+    rows, cols = height // patch + 0.1, width // patch + 0.1
+    grid = table[:, 1:].reshape(1, int(side), int(side), -1).permute(0, 3, 1, 2)
+    resized = F.interpolate(
+        grid.float(), scale_factor=(float(rows / side), float(cols / side)), mode="bicubic", align_corners=False
+    ).to(table.dtype)
+    if resized.shape[-2:] != (int(rows), int(cols)):
+        raise ValueError(f"position embeddings resized to {tuple(resized.shape[-2:])}, not {(int(rows), int(cols))}")
+    return torch.cat((table[:, :1], resized.permute(0, 2, 3, 1).reshape(1, -1, table.shape[-1])), dim=1)

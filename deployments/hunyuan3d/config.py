@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 SchedulerKind = Literal["flow_match_euler", "consistency_flow_match_euler"]
+# How DINOv2's 37 x 37 position embeddings are resized for an encoder size other than 518 px (mini-turbo's
+# 1022): "size" = bicubic to (S/14, S/14), what transformers >= 4.45 and 5 do, and so what the official hy3dgen
+# 2.0.2 (transformers >= 4.48) and hy3dshape (4.46.0) run; "scale_factor" = bicubic by (S/14 + 0.1) / 37, what
+# transformers < 4.45 did. The two differ by ~1e-2 on the embeddings at 1022 px.
+PositionInterpolation = Literal["size", "scale_factor"]
+POSITION_INTERPOLATIONS: tuple[PositionInterpolation, ...] = ("size", "scale_factor")
 # The official MVImageProcessorV2 knows four views (front, left, back, right: indices 0-3).
 MAX_VIEWS = 4
 
@@ -175,8 +181,15 @@ class ConditionerConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     view_num: int | None = None
+    # not in released configs: a runtime choice (see PositionInterpolation), default what the official code runs
+    position_interpolation: PositionInterpolation = "size"
 
     def __post_init__(self) -> None:
+        if self.position_interpolation not in POSITION_INTERPOLATIONS:
+            raise ValueError(
+                f"position_interpolation must be one of {list(POSITION_INTERPOLATIONS)}, "
+                f"got {self.position_interpolation!r}"
+            )
         if self.view_num is not None and not 1 <= self.view_num <= MAX_VIEWS:
             raise ValueError(f"view_num must be between 1 and {MAX_VIEWS}, got {self.view_num}")
         if self.view_num is not None and not self.use_cls_token:

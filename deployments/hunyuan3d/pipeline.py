@@ -28,7 +28,7 @@ from torch import Tensor
 from .acceleration import AccelerationOptions, DiTStep, compile_module, dit_step, sdpa_context
 from .checkpoint import COMPONENTS, convert_checkpoint, find_weight_file, iter_checkpoint, load_strict, read_checkpoint
 from .conditioner import ImageConditioner
-from .config import DiTConfig, SchedulerConfig, ShapeModelConfig, named_config
+from .config import DiTConfig, PositionInterpolation, SchedulerConfig, ShapeModelConfig, named_config
 from .device_marching_cubes import marching_cubes_on_device
 from .dit import Hunyuan3DDiT
 from .dit_v21 import HunYuanDiTPlain
@@ -158,6 +158,7 @@ class ShapePipeline:
         acceleration: AccelerationOptions | None = None,
         vae: str | Path | None = None,
         init: InitMode = "meta",
+        position_interpolation: PositionInterpolation | None = None,
     ) -> ShapePipeline:
         """Load a released model folder (``config.yaml`` + weights) strictly.
 
@@ -167,12 +168,13 @@ class ShapePipeline:
         ``init="meta"`` builds the modules without weights and makes each checkpoint tensor, cast to ``dtype``
         on ``device`` as it is read, a parameter: no fp32 host copy of the model. ``"eager"`` is the plain
         path (fp32 modules on the host, whole file read, then copied and cast), kept as the reference the
-        meta path is tested and measured against.
+        meta path is tested and measured against. ``position_interpolation``: how DINOv2 position embeddings are
+        resized at an encoder size other than 518 px (see :data:`~.config.PositionInterpolation`; None: "size").
         """
         folder = Path(path)
         if not (folder / "config.yaml").is_file():
             raise FileNotFoundError(f"{folder}: not a model folder (no config.yaml)")
-        config = ShapeModelConfig.from_yaml(folder / "config.yaml")
+        config = _with_interpolation(ShapeModelConfig.from_yaml(folder / "config.yaml"), position_interpolation)
         vae_source = resolve_vae(folder, config, Path(vae) if vae is not None else None)
         config = replace(config, vae=vae_source.config)
         dtype = dtype or _default_dtype(device)
@@ -212,6 +214,7 @@ class ShapePipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         acceleration: AccelerationOptions | None = None,
+        position_interpolation: PositionInterpolation | None = None,
     ) -> ShapePipeline:
         """Any architecture with random weights (for benchmarks of the real-size model without weights).
 
@@ -225,6 +228,7 @@ class ShapePipeline:
             if path.is_dir():
                 path = path / "config.yaml"
             config = ShapeModelConfig.from_yaml(path) if path.is_file() else named_config(str(config))
+        config = _with_interpolation(config, position_interpolation)
         device = torch.device(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -455,6 +459,12 @@ def _build_modules(config: ShapeModelConfig) -> tuple[ShapeDiT, ShapeVAEDecoder,
     # the DiT generation follows the config's type (its target class in config.yaml)
     dit = Hunyuan3DDiT(config.dit) if isinstance(config.dit, DiTConfig) else HunYuanDiTPlain(config.dit)
     return dit, ShapeVAEDecoder(config.vae), build_conditioner(config.conditioner)
+
+
+def _with_interpolation(config: ShapeModelConfig, interpolation: PositionInterpolation | None) -> ShapeModelConfig:
+    if interpolation is None or interpolation == config.conditioner.position_interpolation:
+        return config
+    return replace(config, conditioner=replace(config.conditioner, position_interpolation=interpolation))
 
 
 def _default_dtype(device: str | torch.device) -> torch.dtype:
