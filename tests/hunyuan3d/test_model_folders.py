@@ -272,3 +272,56 @@ def test_generator_config_vae_reaches_the_pipeline():
 def test_generator_config_rejects_vae_with_random_weights():
     with pytest.raises(ValidationError, match="random_weights"):
         GeneratorConfig(random_weights=True, vae="configs/models/tiny-Hunyuan3D-2/hunyuan3d-vae-v2-0-turbo")
+
+
+# --- VAE folders that keep the point-cloud encoder (hunyuan3d-vae-v2-1, -v2-*-withencoder) -----------------
+
+V21_FOLDER = REPO / "configs" / "models" / "tiny-Hunyuan3D-2.1" / "hunyuan3d-dit-v2-1"
+
+
+def _v21_vae_folder(root: Path) -> Path:
+    """A `hunyuan3d-vae-v2-1` folder in the released VAE layout from the tiny 2.1 checkpoint (made with the
+    official classes): bare config WITH the encoder params, unprefixed keys WITH the encoder's tensors."""
+    raw = yaml.safe_load((V21_FOLDER / "config.yaml").read_text())
+    checkpoint = torch.load(V21_FOLDER / "model.fp16.ckpt", map_location="cpu", weights_only=True)
+    folder = root / "hunyuan3d-vae-v2-1"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw["vae"]))
+    save_file(
+        {key: value.contiguous() for key, value in checkpoint["vae"].items()}, str(folder / "model.fp16.safetensors")
+    )
+    return folder
+
+
+def test_a_v21_vae_folder_with_its_encoder_loads_as_the_vae_and_drops_the_encoder(tmp_path, caplog):
+    folder = _v21_vae_folder(tmp_path)
+    assert "pc_size" in (folder / "config.yaml").read_text()
+    assert any(key.startswith("encoder.") for key in load_file(folder / "model.fp16.safetensors"))
+    with caplog.at_level(logging.INFO, logger="deployments.hunyuan3d.checkpoint"):
+        overridden = ShapePipeline.from_pretrained(V21_FOLDER, vae=folder)
+    assert "VAE encoder tensors" in caplog.text
+    own = ShapePipeline.from_pretrained(V21_FOLDER)
+    assert overridden.vae.state_dict().keys() == own.vae.state_dict().keys()
+    for key, value in own.vae.state_dict().items():
+        assert torch.equal(overridden.vae.state_dict()[key], value), key
+
+
+def test_a_withencoder_v20_vae_folder_loads_with_its_encoder_keys_dropped(tmp_path):
+    """`hunyuan3d-vae-v2-mini-withencoder` & co.: the decoder keys of a 2.0 VAE plus encoder tensors."""
+    weights = {
+        key.removeprefix("vae."): value
+        for key, value in load_file(CFG_FOLDER / "model.fp16.safetensors").items()
+        if key.startswith("vae.")
+    }
+    encoder = torch.load(V21_FOLDER / "model.fp16.ckpt", map_location="cpu", weights_only=True)["vae"]
+    weights.update({key: value for key, value in encoder.items() if key.startswith(("encoder.", "pre_kl."))})
+    raw = yaml.safe_load((CFG_FOLDER / "config.yaml").read_text())["vae"]
+    raw["params"].update({"num_encoder_layers": 1, "pc_size": 512, "pc_sharpedge_size": 0, "point_feats": 4})
+    folder = tmp_path / "hunyuan3d-vae-v2-0-withencoder"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw))
+    save_file({key: value.contiguous() for key, value in weights.items()}, str(folder / "model.fp16.safetensors"))
+    overridden = ShapePipeline.from_pretrained(CFG_FOLDER, vae=folder)
+    own = ShapePipeline.from_pretrained(CFG_FOLDER)
+    for key, value in own.vae.state_dict().items():
+        assert torch.equal(overridden.vae.state_dict()[key], value), key
