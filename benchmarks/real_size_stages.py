@@ -54,6 +54,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--decoder", default="dense", choices=["dense", "hierarchical", "adaptive"])
     p.add_argument("--num-chunks", type=int, default=32768, help="query points per geometry-decoder call")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per cell (median reported)")
+    p.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the warm-up pass per variant (on CPU a real-size pass takes minutes; first-call costs are noise)",
+    )
     return p.parse_args()
 
 
@@ -99,8 +104,9 @@ def main() -> None:
             f"conditioner {billions(counts['conditioner'])}, peak host memory so far {peak_rss_gib():.1f} GiB",
             flush=True,
         )
-        # warm-up: first calls pay for allocator growth and kernel selection
-        measure(pipeline, 1, GenerationParams(num_inference_steps=2, octree_resolution=32, volume_decoder="dense"), 1)
+        if not args.no_warmup:  # first calls pay for allocator growth and kernel selection
+            warmup = GenerationParams(num_inference_steps=2, octree_resolution=32, volume_decoder="dense")
+            measure(pipeline, 1, warmup, 1)
         params_text = " / ".join(billions(counts[part]) for part in ("dit", "vae", "conditioner"))
         for steps in args.steps:
             for resolution in args.resolutions:
