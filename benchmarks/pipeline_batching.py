@@ -30,6 +30,15 @@ from deployments.hunyuan3d import STAGES, GenerationParams, ShapePipeline, Stage
 DEFAULT_MODEL = REPO / "configs" / "models" / "tiny-Hunyuan3D-2" / "hunyuan3d-dit-v2-0"
 IMAGES = REPO / "tests" / "fixtures" / "images"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# column labels of the stages in the printed tables
+STAGE_LABELS = {
+    "preprocess": "prep",
+    "conditioner": "cond",
+    "diffusion": "diff",
+    "vae": "vae",
+    "volume_decoding": "volume",
+    "surface_extraction": "surface",
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,17 +96,9 @@ def main() -> None:
     # warm-up: first calls pay for allocator growth and kernel selection
     measure(pipeline, 1, GenerationParams(num_inference_steps=2, octree_resolution=32, volume_decoder="dense"), 1)
 
-    short = {
-        "preprocess": "prep",
-        "conditioner": "cond",
-        "diffusion": "diff",
-        "vae": "vae",
-        "volume_decoding": "volume",
-        "surface_extraction": "surface",
-    }
     header = (
         "| steps | decoder | R | B | "
-        + " | ".join(f"{short[s]} s/item" for s in STAGES)
+        + " | ".join(f"{STAGE_LABELS[s]} s/item" for s in STAGES)
         + " | total s/item | per-item speed-up vs B=1 |"
     )
     print(header)

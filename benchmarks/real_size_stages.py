@@ -29,18 +29,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from benchmarks.pipeline_batching import DTYPES, measure  # noqa: E402
+from benchmarks.pipeline_batching import DTYPES, STAGE_LABELS, measure  # noqa: E402
 from deployments.hunyuan3d import STAGES, GenerationParams, ShapePipeline  # noqa: E402
 
 DEFAULT_VARIANTS = ["hunyuan3d-dit-v2-0", "hunyuan3d-dit-v2-mini", "hunyuan3d-dit-v2-1"]
-SHORT = {
-    "preprocess": "prep",
-    "conditioner": "cond",
-    "diffusion": "diff",
-    "vae": "vae",
-    "volume_decoding": "volume",
-    "surface_extraction": "surface",
-}
 
 
 def parse_args() -> argparse.Namespace:
@@ -88,7 +80,7 @@ def main() -> None:
     )
     header = (
         "| variant | params (DiT / VAE / cond) | steps | R | B | "
-        + " | ".join(f"{SHORT[s]} s/item" for s in STAGES)
+        + " | ".join(f"{STAGE_LABELS[s]} s/item" for s in STAGES)
         + " | total s/item | vs first |"
     )
     rows: list[str] = []
